@@ -1,0 +1,1 @@
+"""Built-in connectors. They register through the `retention.connectors` entry points, like any plugin."""

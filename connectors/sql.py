@@ -1,0 +1,277 @@
+"""SQL connector: one set-based statement per batch, evaluated by the database (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Delete,
+    MetaData,
+    Table,
+    Update,
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine, make_url
+
+from connectors.sql_dialects import SqlDialect, SqliteDialect, dialect_for, is_timestamp
+from retention.connector import Option
+from retention.errors import ConfigError, ConnectorError, TargetMissing
+from retention.model import Action, Batch, ClientRegistry, Counts, Selection
+from retention.redact import scrub
+
+
+class SqlConnector:
+    """Any database SQLAlchemy can reach; every transform server-side on PostgreSQL and SQLite."""
+
+    type_name: ClassVar[str] = "sql"
+    description: ClassVar[str] = "Any SQLAlchemy database (tested: PostgreSQL, SQLite)"
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("url", required=True, help="a SQLAlchemy URL, e.g. sqlite:///app.db"),
+    )
+    target_key: ClassVar[str] = "table"
+    transforms: ClassVar[frozenset[str]] = frozenset(
+        {"null", "redact", "truncate_ip", "generalize_date", "mask", "hmac", "keep"})
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        self.name = name
+        try:
+            url = make_url(self._driver_url(str(options["url"])))
+        except sa_exc.ArgumentError:
+            raise ConfigError("is not a valid database URL", key=f"connectors.{name}.url") from None
+        self.dialect: SqlDialect = dialect_for(url.get_backend_name())
+        try:
+            self.engine: Engine = create_engine(url, pool_pre_ping=True, **self.dialect.engine_options())
+        except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
+            raise ConfigError(f"cannot use this database URL: {type(exc).__name__}",
+                              key=f"connectors.{name}.url") from None
+        if isinstance(self.dialect, SqliteDialect):
+            event.listen(self.engine, "connect", SqliteDialect.register_functions)
+        self._tables: dict[str, Table] = {}
+
+    @staticmethod
+    def _driver_url(url: str) -> str:
+        return url
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- targets ---------------------------------------------------------------------------------------------
+
+    def table(self, name: str) -> Table:
+        """The reflected table; names are quoted by SQLAlchemy, never pasted into SQL."""
+        if name not in self._tables:
+            schema, _, table_name = name.rpartition(".")
+            try:
+                self._tables[name] = Table(table_name, MetaData(), schema=schema or None, autoload_with=self.engine)
+            except sa_exc.NoSuchTableError:
+                raise TargetMissing(f"table {name} does not exist") from None
+            except sa_exc.DBAPIError as exc:
+                raise ConnectorError(f"cannot reach the database: {_first_line(exc.orig)}") from None
+        return self._tables[name]
+
+    def _column(self, table: Table, field: str, role: str) -> Column[Any]:
+        if field not in table.c:
+            raise TargetMissing(f"{role} column {field!r} does not exist in table {table.fullname}")
+        return table.c[field]
+
+    def _key(self, table: Table, selection: Selection) -> Column[Any]:
+        if selection.key:
+            return self._column(table, selection.key, "key")
+        primary = list(table.primary_key.columns)
+        if len(primary) != 1:
+            raise TargetMissing(f"table {table.fullname} has no single-column primary key: set the rule's `key` "
+                                "to a unique column")
+        return table.c[primary[0].name]
+
+    def check(self, selection: Selection, action: Action) -> list[str]:
+        problems: list[str] = []
+        try:
+            table = self.table(selection.target)
+            self._key(table, selection)
+            if selection.age:
+                column = self._column(table, selection.age.field, "expire.field")
+                if not is_timestamp(column.type):
+                    problems.append(f"expire.field {column.name} is {column.type}, expected a timestamp, "
+                                    "timestamptz or date column")
+            if selection.client:
+                self._column(table, selection.client.field, "expire.client_field")
+                problems += self._check_registry(selection.client.registry)
+            if action.marker:
+                marker = self._column(table, action.marker, "marker")
+                if not marker.nullable:
+                    problems.append(f"marker column {marker.name} must be nullable (NULL means not yet processed)")
+            for transform in action.transforms:
+                column = self._column(table, transform.field, f"transforms.{transform.field}")
+                if transform.kind not in self.dialect.transforms:
+                    problems.append(f"transform {transform.kind} is not available on {self.dialect.name}")
+                elif problem := self.dialect.type_problem(column, transform):
+                    problems.append(problem)
+        except TargetMissing as exc:
+            problems.append(str(exc))
+        return problems
+
+    def _check_registry(self, registry: ClientRegistry) -> list[str]:
+        table = self.table(registry.table)
+        for field, role in ((registry.id_field, "clients.id_field"), (registry.status_field, "clients.status_field"),
+                            (registry.ended_at_field, "clients.ended_at_field")):
+            self._column(table, field, role)
+        if not is_timestamp(table.c[registry.ended_at_field].type):
+            return [f"clients.ended_at_field {registry.ended_at_field} is not a timestamp or date column"]
+        return []
+
+    # -- predicates ------------------------------------------------------------------------------------------
+
+    def _predicates(self, table: Any, selection: Selection) -> dict[str, ColumnElement[bool]]:
+        """Two-valued predicates (never NULL) for the classes a record can fall in."""
+        dialect = self.dialect
+        expired: list[ColumnElement[bool]] = []
+        unknown: list[ColumnElement[bool]] = []
+        if selection.age:
+            column = table.c[selection.age.field]
+            has_age = dialect.has_timestamp(column)
+            expired.append(and_(has_age, dialect.before(column, selection.age.cutoff)))
+            unknown.append(not_(has_age))
+        if selection.client:
+            client_expired, client_known = self._client_predicates(table, selection)
+            expired.append(client_expired)
+            unknown.append(not_(or_(client_expired, client_known)))
+        is_expired = or_(*expired)
+        held: ColumnElement[bool] = false()
+        if selection.held.everything:
+            held = true()
+        elif selection.held.client_ids and selection.held.client_field:
+            client = table.c[selection.held.client_field]
+            held = and_(client.is_not(None), client.in_(selection.held.client_ids))
+        fresh = table.c[selection.marker].is_(None) if selection.marker else true()
+        return {
+            "matched": and_(is_expired, not_(held), fresh),
+            "held": and_(is_expired, held, fresh),
+            "unknown_age": and_(not_(is_expired), or_(*unknown), fresh),
+        }
+
+    def _client_predicates(self, table: Any, selection: Selection) -> tuple[ColumnElement[bool], ...]:
+        """Expired: every registry row of the client ended before the cutoff. Known: some row has a usable state."""
+        assert selection.client is not None
+        registry = selection.client.registry
+        clients = self.table(registry.table).alias("registry")
+        status, ended_at = clients.c[registry.status_field], clients.c[registry.ended_at_field]
+        same_client = clients.c[registry.id_field] == table.c[selection.client.field]
+        ended = and_(status.is_not(None), status.in_(registry.ended_statuses),
+                     self.dialect.has_timestamp(ended_at))
+        ended_long_ago = and_(ended, self.dialect.before(ended_at, selection.client.ended_before))
+        active = and_(status.is_not(None), status.in_(registry.active_statuses))
+        expired = and_(
+            exists().where(same_client, ended_long_ago),
+            # a duplicate registry row that is still active (or unknown) keeps the records
+            not_(exists().where(same_client, not_(ended_long_ago))),
+        )
+        known = exists().where(same_client, or_(active, ended))
+        return expired, known
+
+    # -- counting and changing -------------------------------------------------------------------------------
+
+    def count(self, selection: Selection) -> Counts:
+        table = self.table(selection.target)
+        predicates = self._predicates(table, selection)
+        columns = [func.count().label("total")] + [
+            func.coalesce(func.sum(case((predicate, 1), else_=0)), 0).label(name)
+            for name, predicate in predicates.items()
+        ]
+        row = self._one(select(*columns).select_from(table))
+        return Counts(total=row.total, matched=row.matched, held=row.held, unknown_age=row.unknown_age)
+
+    def held_keys(self, selection: Selection, batch_size: int) -> Iterator[tuple[str, ...]]:
+        table = self.table(selection.target)
+        key = self._key(table, selection)
+        statement = select(key).where(self._predicates(table, selection)["held"]).order_by(key)
+        with self.engine.connect() as connection:
+            result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(statement)
+            for chunk in result.scalars().partitions(batch_size):
+                yield tuple(str(value) for value in chunk)
+
+    def build(self, selection: Selection, action: Action, size: int) -> Delete | Update:
+        """One batch: the keys of up to `size` matching records, changed only if they still match."""
+        table = self.table(selection.target)
+        key = self._key(table, selection)
+        candidates = table.alias("candidates")
+        chosen = select(candidates.c[key.name]).where(self._predicates(candidates, selection)["matched"]).limit(size)
+        still_matching = self._predicates(table, selection)["matched"]
+        statement: Delete | Update
+        if action.kind == "delete":
+            statement = delete(table)
+        else:
+            values = {t.field: self.dialect.transform(table.c[t.field], t, action.hmac_key)
+                      for t in action.transforms if t.kind != "keep"}
+            assert action.marker is not None
+            values[action.marker] = literal(action.marked_at, table.c[action.marker].type)
+            statement = update(table).values(values)
+        return statement.where(key.in_(chosen), still_matching).returning(key)
+
+    def statement(self, selection: Selection, action: Action) -> str:
+        compiled = self.build(selection, action, 1).compile(self.engine)
+        return str(compiled).replace("\n", " ")
+
+    def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
+              want_keys: bool) -> Iterator[Batch]:
+        remaining = limit
+        while remaining > 0:
+            statement = self.build(selection, action, min(batch_size, remaining))
+            try:
+                with self.engine.begin() as connection:
+                    keys = connection.execute(statement).scalars().all()
+            except sa_exc.DBAPIError as exc:
+                raise ConnectorError(f"batch failed and was rolled back: {_first_line(exc.orig)}") from None
+            if not keys:
+                return
+            remaining -= len(keys)
+            yield Batch(len(keys), tuple(str(k) for k in keys) if want_keys else ())
+
+    def _one(self, statement: Any) -> Any:
+        try:
+            with self.engine.connect() as connection:
+                return connection.execute(statement).one()
+        except sa_exc.DBAPIError as exc:
+            raise ConnectorError(f"query failed: {_first_line(exc.orig)}") from None
+
+
+class PostgresConnector(SqlConnector):
+    """PostgreSQL through psycopg 3; a plain libpq URL (postgresql://user@host/db) works as is."""
+
+    type_name: ClassVar[str] = "postgres"
+    description: ClassVar[str] = "PostgreSQL (psycopg 3); every transform runs server-side"
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("url", required=True, help="a libpq URL, e.g. postgresql://retention@db:5432/app"),
+    )
+
+    @staticmethod
+    def _driver_url(url: str) -> str:
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url
+
+
+def _first_line(error: BaseException | None) -> str:
+    """A driver error's class and first line, with quoted literals elided so no data value leaks."""
+    if error is None:
+        return "unknown error"
+    primary = getattr(getattr(error, "diag", None), "message_primary", None) or str(error).splitlines()[0:1]
+    text = primary if isinstance(primary, str) else (primary[0] if primary else "")
+    return f"{type(error).__name__}: {scrub(text)}"

@@ -1,0 +1,172 @@
+"""What differs between SQL databases: reading timestamps and computing transforms server-side."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, String, and_, case, cast, func, literal, null
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql import sqltypes
+
+from retention import transforms as reference
+from retention.model import Transform
+
+# Strict address shapes, so PostgreSQL never sees a cast that could fail and abort a batch.
+_IPV4 = r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$"
+_IPV6 = (r"^(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|(([0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})?::"
+         r"(([0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})?)$")
+
+
+def is_timestamp(column_type: Any) -> bool:
+    return isinstance(column_type, sqltypes.DateTime | sqltypes.Date)
+
+
+def is_text(column_type: Any) -> bool:
+    return isinstance(column_type, sqltypes.String)
+
+
+class SqlDialect:
+    """Portable SQL: plain comparisons; only the transforms every database can do."""
+
+    name = "generic"
+    transforms = frozenset({"null", "redact", "keep"})
+
+    def engine_options(self) -> dict[str, Any]:
+        return {}
+
+    def has_timestamp(self, column: Any) -> ColumnElement[bool]:
+        """Two-valued: the column holds a usable timestamp."""
+        return column.is_not(None)  # type: ignore[no-any-return]
+
+    def before(self, column: Any, cutoff: datetime) -> ColumnElement[bool]:
+        """The column's instant is earlier than `cutoff`; naive values are read as UTC."""
+        if isinstance(column.type, sqltypes.DateTime):
+            value = cutoff if column.type.timezone else cutoff.astimezone(UTC).replace(tzinfo=None)
+            return column < literal(value, column.type)  # type: ignore[no-any-return]
+        # A date is the midnight UTC that starts it: expired when that midnight is before the cutoff.
+        utc = cutoff.astimezone(UTC)
+        last_expired_day = utc.date() if utc.time() != datetime.min.time() else utc.date() - timedelta(days=1)
+        return column <= literal(last_expired_day, sqltypes.Date())  # type: ignore[no-any-return]
+
+    def transform(self, column: Any, transform: Transform, hmac_key: bytes | None) -> Any:
+        if transform.kind == "null":
+            return null()
+        if transform.kind == "redact":
+            return literal(str(transform.arg), String())
+        raise NotImplementedError(transform.kind)
+
+    def type_problem(self, column: Any, transform: Transform) -> str | None:
+        """Why this transform cannot apply to this column, or None."""
+        kind = transform.kind
+        if kind in ("redact", "mask", "hmac") and not is_text(column.type):
+            return f"transform {kind} needs a text column, {column.name} is {column.type}"
+        if kind == "hmac" and getattr(column.type, "length", None) and column.type.length < 64:
+            return f"transform hmac writes 64 characters, {column.name} holds at most {column.type.length}"
+        if kind == "redact" and getattr(column.type, "length", None) and len(str(transform.arg)) > column.type.length:
+            return f"redact text {str(transform.arg)!r} is longer than {column.name} allows ({column.type.length})"
+        if kind == "generalize_date" and not is_timestamp(column.type):
+            return f"transform generalize_date needs a date or timestamp column, {column.name} is {column.type}"
+        if kind == "truncate_ip" and not (is_text(column.type) or isinstance(column.type, postgresql.INET)):
+            return f"transform truncate_ip needs a text or inet column, {column.name} is {column.type}"
+        if kind == "null" and not column.nullable:
+            return f"transform null needs a nullable column, {column.name} is NOT NULL"
+        return None
+
+
+class PostgresDialect(SqlDialect):
+    """PostgreSQL computes every transform itself, HMAC included (from sha256(), no extension needed)."""
+
+    name = "postgresql"
+    transforms = frozenset({"null", "redact", "truncate_ip", "generalize_date", "mask", "hmac", "keep"})
+
+    def engine_options(self) -> dict[str, Any]:
+        # date_trunc and naive timestamps are read in the session time zone: pin it to UTC.
+        return {"connect_args": {"options": "-c timezone=UTC"}}
+
+    def transform(self, column: Any, transform: Transform, hmac_key: bytes | None) -> Any:
+        kind = transform.kind
+        if kind == "truncate_ip":
+            if isinstance(column.type, postgresql.INET):
+                prefix = case((func.family(column) == 4, 24), else_=48)
+                return cast(func.host(func.network(func.set_masklen(column, prefix))), postgresql.INET)
+            as_inet = cast(column, postgresql.INET)
+            return case(
+                (column.regexp_match(_IPV4), func.host(func.network(func.set_masklen(as_inet, 24)))),
+                (column.regexp_match(_IPV6), func.host(func.network(func.set_masklen(as_inet, 48)))),
+                else_=null(),
+            )
+        if kind == "generalize_date":
+            return cast(func.date_trunc(str(transform.arg), column), column.type)
+        if kind == "mask":
+            keep = int(transform.arg or 0)
+            length = func.char_length(column)
+            kept = func.right(column, keep) if keep else literal("")
+            return case(
+                (length > keep, func.repeat("*", length - keep).op("||")(kept)),
+                else_=func.repeat("*", length),
+            )
+        if kind == "hmac":
+            assert hmac_key is not None
+            inner, outer = reference.hmac_pads(hmac_key)
+            message = func.convert_to(cast(column, sqltypes.Text()), "UTF8")
+            digest = func.sha256(literal(outer, postgresql.BYTEA()).op("||")(
+                func.sha256(literal(inner, postgresql.BYTEA()).op("||")(message))))
+            return func.encode(digest, "hex")
+        return super().transform(column, transform, hmac_key)
+
+
+class SqliteDialect(SqlDialect):
+    """SQLite stores timestamps as text: julianday() parses them (offsets included), or says NULL."""
+
+    name = "sqlite"
+    transforms = frozenset({"null", "redact", "truncate_ip", "generalize_date", "mask", "hmac", "keep"})
+
+    def has_timestamp(self, column: Any) -> ColumnElement[bool]:
+        return and_(func.typeof(column) == "text", func.julianday(column).is_not(None))
+
+    def before(self, column: Any, cutoff: datetime) -> ColumnElement[bool]:
+        iso = cutoff.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return func.julianday(column) < func.julianday(iso)  # type: ignore[no-any-return]
+
+    def transform(self, column: Any, transform: Transform, hmac_key: bytes | None) -> Any:
+        kind = transform.kind
+        if kind == "truncate_ip":
+            return func.retention_truncate_ip(column)
+        if kind == "mask":
+            return func.retention_mask(column, int(transform.arg or 0))
+        if kind == "generalize_date":
+            return func.retention_generalize_date(column, str(transform.arg))
+        if kind == "hmac":
+            assert hmac_key is not None
+            return func.retention_hmac(literal(hmac_key), column)
+        return super().transform(column, transform, hmac_key)
+
+    @staticmethod
+    def register_functions(connection: sqlite3.Connection, _record: Any = None) -> None:
+        """Give SQLite the transforms as deterministic SQL functions, so updates stay set-based."""
+        connection.create_function("retention_truncate_ip", 1, reference.truncate_ip, deterministic=True)
+        connection.create_function("retention_mask", 2, reference.mask, deterministic=True)
+        connection.create_function("retention_generalize_date", 2, _sqlite_generalize_date, deterministic=True)
+        connection.create_function("retention_hmac", 2, reference.pseudonym, deterministic=True)
+
+
+def _sqlite_generalize_date(value: str | None, unit: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        text = str(value)
+        parsed: date = datetime.fromisoformat(text) if len(text) > 10 else date.fromisoformat(text)
+    except ValueError:
+        return None
+    general = reference.generalize_date(parsed, unit)
+    assert general is not None
+    return general.isoformat(sep=" ") if isinstance(general, datetime) else general.isoformat()
+
+
+def dialect_for(name: str) -> SqlDialect:
+    return {"postgresql": PostgresDialect, "sqlite": SqliteDialect}.get(name, SqlDialect)()
+
+
+__all__ = ["PostgresDialect", "SqlDialect", "SqliteDialect", "dialect_for", "is_text", "is_timestamp"]

@@ -1,0 +1,131 @@
+"""Writes one run's audit log: canonical JSON lines, each chained to the last, signed when the run ends."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from retention.errors import AuditError
+from retention.timeutil import rfc3339
+
+GENESIS = "0" * 64
+RUN_FILE = re.compile(r"^(\d{8}T\d{12}Z)-([0-9a-f]+)\.jsonl$")
+EVENTS = frozenset({"run_started", "rule_started", "batch_applied", "rule_finished", "rule_skipped", "rule_failed",
+                    "run_finished"})
+
+
+def canonical(event: dict[str, Any]) -> bytes:
+    """The one byte form of an event: sorted keys, no spaces, UTF-8, and no floats anywhere."""
+    _reject_floats(event)
+    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _reject_floats(value: Any) -> None:
+    if isinstance(value, float):
+        raise AuditError("audit events hold integers and strings only (durations in milliseconds), not floats")
+    if isinstance(value, dict):
+        for item in value.values():
+            _reject_floats(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _reject_floats(item)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def run_files(directory: Path) -> list[Path]:
+    """The run logs in `directory`, oldest first (their names sort in run order)."""
+    if not directory.is_dir():
+        return []
+    return sorted(path for path in directory.iterdir() if RUN_FILE.match(path.name))
+
+
+def stamp(instant: datetime) -> str:
+    return instant.strftime("%Y%m%dT%H%M%S%fZ")
+
+
+class AuditWriter:
+    """Appends events to `<start>-<run_id>.jsonl`, flushing each; `close()` signs the exact bytes."""
+
+    def __init__(self, directory: Path, run_id: str, started: datetime, clock: Callable[[], datetime],
+                 signing_key: Ed25519PrivateKey, *, hashed_ids: bool) -> None:
+        self.run_id = run_id
+        self._clock = clock
+        self._key = signing_key
+        self._seq = 0
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            existing = run_files(directory)
+            head = existing[-1] if existing else None
+            name = stamp(started)
+            head_stamp = head.name.split("-", 1)[0] if head else ""
+            if head_stamp >= name:
+                # the clock went back: keep the order of names equal to the order of runs
+                name = stamp(datetime.strptime(head_stamp, "%Y%m%dT%H%M%S%fZ") + timedelta(microseconds=1))
+            self.path = directory / f"{name}-{run_id}.jsonl"
+            self.previous_incomplete = bool(head and not head.with_name(head.name + ".sig").exists())
+            self._prev = sha256_hex(head.read_bytes()) if head else GENESIS
+            self._file: BinaryIO = open(self.path, "xb")  # noqa: SIM115 - open for the whole run
+            self._ids: BinaryIO | None = open(self.ids_path, "xb") if hashed_ids else None  # noqa: SIM115
+        except OSError as exc:
+            raise AuditError(f"cannot write the audit log in {directory}: {exc.strerror}") from None
+        self._ids_hash = hashlib.sha256()
+
+    @property
+    def ids_path(self) -> Path:
+        return self.path.with_name(self.path.name[: -len(".jsonl")] + ".ids")
+
+    @property
+    def hashed_ids(self) -> bool:
+        return self._ids is not None
+
+    def event(self, name: str, **fields: Any) -> None:
+        """Append one event line and flush it to disk, so a crash loses at most the line being written."""
+        assert name in EVENTS, name
+        line = canonical({**fields, "seq": self._seq, "ts": rfc3339(self._clock()), "run_id": self.run_id,
+                          "event": name, "prev": self._prev})
+        self._file.write(line + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._prev = sha256_hex(line)
+        self._seq += 1
+
+    def record_ids(self, kind: str, rule: str, hashes: Iterable[str]) -> tuple[int, str]:
+        """Append `kind rule hash` lines to the sidecar; return how many, and the SHA-256 of exactly those lines."""
+        assert self._ids is not None
+        digest, count = hashlib.sha256(), 0
+        values = iter(hashes)
+        while chunk := list(itertools.islice(values, 1000)):
+            data = "".join(f"{kind} {rule} {value}\n" for value in chunk).encode("utf-8")
+            self._ids.write(data)
+            self._ids_hash.update(data)
+            digest.update(data)
+            count += len(chunk)
+        self._ids.flush()
+        return count, digest.hexdigest()
+
+    def ids_sha256(self) -> str:
+        return self._ids_hash.hexdigest()
+
+    def close(self) -> Path:
+        """Sign the finished log: the raw Ed25519 signature of its bytes, beside it as `.sig`."""
+        self._file.close()
+        if self._ids is not None:
+            self._ids.close()
+        signature = self._key.sign(self.path.read_bytes())
+        signature_path = self.path.with_name(self.path.name + ".sig")
+        temporary = signature_path.with_name(signature_path.name + ".tmp")
+        temporary.write_bytes(signature)
+        os.replace(temporary, signature_path)
+        return self.path

@@ -1,0 +1,281 @@
+"""The `retention` command line: parses arguments, calls the core, prints results, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from retention import __version__, engine
+from retention.audit import generate_keypair, load_private_key, load_public_keys, verify
+from retention.audit.summary import summarize
+from retention.audit.writer import run_files
+from retention.config import Config, config_path, load_config
+from retention.connector import connector_types
+from retention.errors import ConfigError, RetentionError, UsageError
+from retention.logs import configure
+from retention.redact import hide, scrub
+from retention.render import as_json, markdown, report, table
+from retention.settings import Environment
+from retention.timeutil import parse_instant, rfc3339
+
+EXIT_VERIFY_FAILED = 5
+
+
+def utc_now() -> datetime:
+    """The only place the real clock is read; everything below takes `now` as an argument."""
+    return datetime.now(UTC)
+
+
+class State:
+    def __init__(self, config: str | None) -> None:
+        self.config_option = config
+        self.env = Environment()
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            path = config_path(self.config_option)
+            self.env.source = str(path)
+            self._config = load_config(path)
+        return self._config
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"retention: error: {message}", err=True)
+    sys.exit(code)
+
+
+class RetentionGroup(click.Group):
+    """Turns every error of the core into one clear line and its exit code; no tracebacks for bad input."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RetentionError as exc:
+            state = ctx.find_object(State)
+            secrets = state.env.revealed if state else set()
+            _fail(hide(str(exc), secrets), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 1)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if ctx.find_object(State) and ctx.meta.get("retention.verbose"):
+                raise
+            _fail(f"unexpected {type(exc).__name__}: {scrub(str(exc).splitlines()[0] if str(exc) else '')} "
+                  "(rerun with -v for a traceback)", 1)
+
+
+def _now_option(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError as exc:
+        raise UsageError(f"--now: {exc}") from None
+
+
+FORMAT = click.Choice(["table", "json"])
+
+
+@click.group(cls=RetentionGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", metavar="PATH", help="Config file [default: $RETENTION_CONFIG, then "
+              "config/retention.toml].")
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True,
+              help="Logs on stderr: JSON lines, or console text (auto: console on a terminal).")
+@click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
+@click.option("-q", "--quiet", count=True, help="Less log output: warnings and errors only.")
+@click.version_option(__version__, prog_name="retention")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, log_format: str, verbose: int, quiet: int) -> None:
+    """Enforce data-retention rules on PostgreSQL, MongoDB and S3, and prove it with signed audit logs."""
+    state = State(config)
+    ctx.obj = state
+    ctx.meta["retention.verbose"] = verbose > 1
+    configure(log_format, verbose - quiet, lambda: state.env.revealed)
+
+
+@main.command()
+@click.option("--offline", is_flag=True, help="Validate the file only: no connection, no environment variable.")
+@click.pass_obj
+def check(state: State, offline: bool) -> None:
+    """Validate the config; unless --offline, confirm every target and field exists with a usable type."""
+    config = state.config
+    if offline:
+        click.echo(f"{config.path}: ok ({len(config.rules)} rules, {len(config.connectors)} connectors)")
+        return
+    results = engine.check(config, state.env, utc_now())
+    click.echo(table(["rule", "target", "result"], [[r.rule, r.target, "; ".join(r.problems) or "ok"]
+                                                    for r in results]))
+    if any(r.unreachable for r in results):
+        sys.exit(1)
+    if any(r.problems for r in results):
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--rule", "rules", multiple=True, metavar="NAME", help="Only this rule (repeatable).")
+@click.option("--now", "now_text", metavar="TIME", help="Evaluate as of this RFC 3339 instant.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
+              show_default=True)
+@click.pass_obj
+def plan(state: State, rules: tuple[str, ...], now_text: str | None, fmt: str) -> None:
+    """Dry run: what each rule would do now. Changes nothing; needs no signing key."""
+    result = engine.plan(state.config, state.env, _now_option(now_text) or utc_now(), rules)
+    click.echo(report(result, fmt))
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.option("--rule", "rules", multiple=True, metavar="NAME", help="Only this rule (repeatable).")
+@click.option("--now", "now_text", metavar="TIME", help="Evaluate as of this RFC 3339 instant (not in the future).")
+@click.option("--dry-run", is_flag=True, help="Count and audit, but change nothing.")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def run(state: State, rules: tuple[str, ...], now_text: str | None, dry_run: bool, fmt: str) -> None:
+    """Enforce the rules; always writes a signed audit log (a --dry-run run too)."""
+    override = _now_option(now_text)
+    result = engine.run(state.config, state.env, override or utc_now(), utc_now, rule_names=rules,
+                        dry_run=dry_run, clock_override=override is not None)
+    click.echo(report(result, fmt))
+    sys.exit(result.exit_code)
+
+
+@main.group()
+def audit() -> None:
+    """Create keys for, verify, list and show signed audit logs."""
+
+
+@audit.command("keygen")
+@click.option("--private-key", type=click.Path(path_type=Path), required=True, help="Where to write the "
+              "private key (PKCS#8 PEM, mode 0600).")
+@click.option("--public-key", type=click.Path(path_type=Path), required=True, help="Where to write the public key.")
+def audit_keygen(private_key: Path, public_key: Path) -> None:
+    """Create an Ed25519 key pair for signing audit logs."""
+    print_fingerprint = generate_keypair(private_key, public_key)
+    click.echo(f"private key: {private_key}\npublic key:  {public_key}\nfingerprint: {print_fingerprint}")
+
+
+@audit.command("verify")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--public-key", "public_keys", multiple=True, type=click.Path(path_type=Path), metavar="PEM",
+              help="A public key to accept (repeatable, for rotated keys) [default: the configured signing key's].")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def audit_verify(state: State, paths: tuple[Path, ...], public_keys: tuple[Path, ...], fmt: str) -> None:
+    """Verify signatures, hash chains and run-to-run continuity [default: the audit dir]."""
+    if public_keys:
+        keys = load_public_keys(list(public_keys))
+    else:
+        config = state.config
+        if config.audit is None or config.audit.signing_key is None:
+            raise ConfigError("no --public-key given and no audit.signing_key configured")
+        keys = [load_private_key(Path(state.env.resolve(config.audit.signing_key))).public_key()]
+    targets = list(paths) or [_audit_dir(state)]
+    for target in targets:
+        if not target.exists():
+            raise UsageError(f"{target} does not exist")
+    checks = verify(targets, keys)
+    if fmt == "json":
+        click.echo(as_json([{"file": str(c.path), "run_id": c.run_id, "status": c.status, "ok": c.ok,
+                             "detail": c.detail} for c in checks]))
+    else:
+        for c in checks:
+            click.echo(f"{'OK  ' if c.ok else 'FAIL'}  {c.path.name}  {c.status}" + (f": {c.detail}" if c.detail else ""))
+        bad = sum(not c.ok for c in checks)
+        click.echo(f"{len(checks)} files checked, {bad} with problems" if checks else "no audit runs found")
+    if any(not c.ok for c in checks):
+        sys.exit(EXIT_VERIFY_FAILED)
+
+
+def _audit_dir(state: State) -> Path:
+    audit_config = state.config.audit
+    if audit_config is None:
+        raise ConfigError("no [audit] table in the config; name the audit files or folder to read")
+    return audit_config.dir
+
+
+@audit.command("list")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Only runs that started on or after this UTC date.")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def audit_list(state: State, since: datetime | None, fmt: str) -> None:
+    """List the runs in the audit dir, oldest first."""
+    cutoff = since.date() if since else date.min
+    runs = [summarize(p) for p in run_files(_audit_dir(state))
+            if datetime.strptime(p.name[:8], "%Y%m%d").date() >= cutoff]
+    if fmt == "json":
+        click.echo(as_json([r.to_json() for r in runs]))
+        return
+    click.echo(table(["started", "run_id", "dry_run", "status", "exit", "matched", "changed", "signed"],
+                     [[r.started, r.run_id, r.dry_run, r.status, r.exit_code, r.totals.get("matched"),
+                       r.totals.get("changed"), r.signed] for r in runs]))
+
+
+@audit.command("show")
+@click.argument("run")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+@click.pass_obj
+def audit_show(state: State, run: str, fmt: str) -> None:
+    """Show one run (by run id or file path): what each rule matched, changed, held and skipped."""
+    path = Path(run)
+    if not path.is_file():
+        found = [p for p in run_files(_audit_dir(state)) if p.stem.endswith(f"-{run}")]
+        if not found:
+            raise UsageError(f"no run {run!r} in {_audit_dir(state)}")
+        path = found[0]
+    summary = summarize(path)
+    if fmt == "json":
+        click.echo(as_json(summary.to_json(with_rules=True)))
+        return
+    headers = ["rule", "target", "action", "cutoff", "matched", "changed", "held", "unknown_age", "status"]
+    rows = [[r["rule"], f"{r['connector']}:{r['target']}", r["action"], r["cutoff"], r.get("matched"),
+             r.get("changed"), r.get("held"), r.get("unknown_age"), r["status"]] for r in summary.rules]
+    render: Callable[..., str] = markdown if fmt == "markdown" else table
+    header = summary.header
+    click.echo("\n".join([
+        f"run {summary.run_id}: {summary.status} (exit {summary.exit_code}), signed: {summary.signed}",
+        f"file: {summary.path}",
+        f"started: {summary.started}  now: {summary.now}  dry_run: {summary.dry_run}  "
+        f"clock_override: {header.get('clock_override')}",
+        f"config sha256: {header.get('config_sha256')}  key: {header.get('public_key_fingerprint')}",
+        "", render(headers, rows)]))
+
+
+@main.command()
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+def connectors(fmt: str) -> None:
+    """List connector types (built-in and entry-point plugins) and their options."""
+    types = connector_types()
+    if fmt == "json":
+        click.echo(as_json([{"type": name, "description": kind.description, "target": kind.target_key,
+                             "transforms": sorted(kind.transforms),
+                             "options": [{"name": o.name, "required": o.required, "help": o.help}
+                                         for o in kind.options]} for name, kind in sorted(types.items())]))
+        return
+    click.echo(table(["type", "target", "options", "description"],
+                     [[name, kind.target_key, ", ".join(o.name + ("*" if o.required else "") for o in kind.options),
+                       kind.description] for name, kind in sorted(types.items())]))
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("retention-demo"),
+              show_default=True, help="Where to build the sandbox.")
+@click.pass_context
+def demo(ctx: click.Context, directory: Path) -> None:
+    """Build a self-contained sandbox on embedded stores, then plan, run and verify it."""
+    from retention.demo import run_demo
+
+    if not ctx.meta.get("retention.verbose"):
+        configure(ctx.find_root().params["log_format"], -1)  # the demo's own output tells the story
+
+    sys.exit(run_demo(directory, utc_now(), echo=click.echo))
+
+
+__all__ = ["main", "rfc3339"]

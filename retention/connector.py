@@ -1,0 +1,82 @@
+"""The connector extension point: a small protocol, found through the `retention.connectors` entry points."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from retention.errors import ConfigError
+from retention.model import Action, Batch, Counts, Selection
+
+ENTRY_POINT_GROUP = "retention.connectors"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One key a connector accepts in its `[connectors.NAME]` table."""
+
+    name: str
+    kind: type = str
+    required: bool = False
+    default: Any = None
+    help: str = ""
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """A store that can count and change the records a `Selection` describes, in batches, server-side."""
+
+    type_name: ClassVar[str]
+    options: ClassVar[tuple[Option, ...]]
+    target_key: ClassVar[str]  # the rule key that names a target: "table", "collection" or "bucket"
+    transforms: ClassVar[frozenset[str]]  # transform kinds this store can apply
+    description: ClassVar[str]
+
+    def close(self) -> None: ...
+
+    def check(self, selection: Selection, action: Action) -> list[str]:
+        """Problems that would stop the rule: missing target or field, unusable type. Empty when fine."""
+        ...
+
+    def count(self, selection: Selection) -> Counts: ...
+
+    def held_keys(self, selection: Selection, batch_size: int) -> Iterator[tuple[str, ...]]:
+        """The keys (as text) of expired records that legal holds keep, streamed in chunks."""
+        ...
+
+    def statement(self, selection: Selection, action: Action) -> str:
+        """The statement `apply` runs per batch, for `plan` to show and tests to read."""
+        ...
+
+    def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
+              want_keys: bool) -> Iterator[Batch]:
+        """Change at most `limit` selected records, one committed batch at a time, re-checking the predicate."""
+        ...
+
+
+class ConnectorType(Protocol):
+    type_name: str
+    options: tuple[Option, ...]
+    target_key: str
+    transforms: frozenset[str]
+    description: str
+
+    def __call__(self, name: str, options: Mapping[str, Any]) -> Connector: ...
+
+
+def connector_types() -> dict[str, ConnectorType]:
+    """Every installed connector type by its `type` name, built-ins included."""
+    found: dict[str, ConnectorType] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found[entry.name] = entry.load()
+    return found
+
+
+def connector_type(name: str, *, source: str = "", key: str = "") -> ConnectorType:
+    types = connector_types()
+    if name not in types:
+        raise ConfigError(f"unknown connector type {name!r}; known types: {', '.join(sorted(types))}",
+                          source=source, key=key)
+    return types[name]

@@ -1,0 +1,167 @@
+"""`retention demo`: a sandbox on an embedded SQLite database, planned, enforced and verified in one go."""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import shutil
+import sqlite3
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from retention import engine
+from retention.audit import generate_keypair, load_private_key, verify
+from retention.config import load_config
+from retention.render import report
+from retention.settings import Environment
+
+MARKER = ".retention-demo"
+SCHEMA = """
+CREATE TABLE clients (id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, closed_at DATETIME);
+CREATE TABLE cookie_events (id INTEGER PRIMARY KEY, visitor_id TEXT, collected_at DATETIME, ip TEXT, page TEXT);
+CREATE TABLE end_users (id INTEGER PRIMARY KEY, client_id TEXT, email TEXT, full_name TEXT, phone TEXT,
+                        last_ip TEXT, anonymized_at DATETIME);
+CREATE TABLE client_contacts (id INTEGER PRIMARY KEY, client_id TEXT, email TEXT, role TEXT, deidentified_at DATETIME);
+"""
+
+CONFIG = """\
+# A sandbox built by `retention demo`. Every rule cites the policy promise it keeps.
+[job]
+state_dir = "{dir}/state"
+batch_size = 500
+
+[audit]
+dir = "{dir}/audit"
+signing_key = "{dir}/keys/audit-private.pem"
+record_ids = "hashed"
+
+[secrets]
+pseudonym_key = "${{RETENTION_PSEUDONYM_KEY}}"   # the demo keeps it in keys/pseudonym.key
+
+[connectors.app]
+type = "sql"
+url = "sqlite:///{dir}/app.db"
+
+[clients]
+connector = "app"
+table = "clients"
+id_field = "id"
+status_field = "status"
+ended_at_field = "closed_at"
+active_statuses = ["active", "trial", "suspended"]
+ended_statuses = ["closed", "deletion_requested"]
+
+[[holds]]
+name = "litigation-2026-017"
+client_ids = ["c-1042"]
+
+[[rules]]
+name = "cookie-data-24-months"
+policy = "Privacy Policy s.4: site visitor cookie data is kept for up to 24 months"
+connector = "app"
+table = "cookie_events"
+expire = {{ after = "24 months", field = "collected_at" }}
+action = "delete"
+max_fraction = 0.6
+
+[[rules]]
+name = "end-users-after-client-leaves"
+policy = "Privacy Policy s.5: end-user data is kept while the client's account is active"
+connector = "app"
+table = "end_users"
+expire = {{ client_field = "client_id", grace = "30 days" }}
+action = "anonymize"
+marker = "anonymized_at"
+transforms = {{ email = "redact", full_name = "redact", phone = {{ mask = 4 }}, last_ip = "truncate_ip" }}
+
+[[rules]]
+name = "client-contacts-after-client-leaves"
+policy = "Privacy Policy s.5: client data is kept while the client engages us; de-identified afterwards"
+connector = "app"
+table = "client_contacts"
+expire = {{ client_field = "client_id", grace = "30 days" }}
+action = "deidentify"
+marker = "deidentified_at"
+transforms = {{ email = "hmac", role = "keep" }}
+"""
+
+# (id, status, days since the account ended): ended long ago, within grace, still active, held, unknown state.
+CLIENTS = [("c-1001", "active", None), ("c-1002", "trial", None), ("c-1003", "closed", 75),
+           ("c-1004", "closed", 10), ("c-1005", "deletion_requested", 45), ("c-1042", "closed", 400),
+           ("c-1099", "paused", None)]
+
+
+def build(directory: Path, now: datetime, seed: int = 2026) -> Path:
+    """Create the sandbox: database, keys and config. Returns the config path."""
+    if directory.exists() and any(directory.iterdir()):
+        if not (directory / MARKER).exists():
+            raise SystemExit(f"{directory} exists and was not made by `retention demo`; choose another --dir")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    (directory / MARKER).write_text("built by retention demo; safe to delete\n")
+    directory = directory.resolve()
+    rng = random.Random(seed)
+    with sqlite3.connect(directory / "app.db") as db:
+        db.executescript(SCHEMA)
+        db.executemany("INSERT INTO clients VALUES (?, ?, ?, ?)",
+                       [(cid, f"Client {cid}", status, _ts(now - timedelta(days=days)) if days else None)
+                        for cid, status, days in CLIENTS])
+        events = [(None, f"v-{rng.randrange(10**6):06d}", _ts(now - timedelta(minutes=rng.randrange(4 * 525_600))),
+                   f"198.51.100.{rng.randrange(256)}", rng.choice(["/", "/pricing", "/docs"])) for _ in range(4000)]
+        events += [(None, "v-unknown", None, "203.0.113.9", "/")] * 3  # no timestamp: unknown age, never touched
+        db.executemany("INSERT INTO cookie_events VALUES (?, ?, ?, ?, ?)", events)
+        users = []
+        for n in range(700):
+            client = CLIENTS[n % len(CLIENTS)][0]
+            users.append((None, client, f"user{n}@example.org", f"User Number{n}", f"+1-555-01{n:04d}",
+                          f"192.0.2.{n % 256}", None))
+        db.executemany("INSERT INTO end_users VALUES (?, ?, ?, ?, ?, ?, ?)", users)
+        db.executemany("INSERT INTO client_contacts VALUES (?, ?, ?, ?, ?)",
+                       [(None, cid, f"billing@{cid}.example.com", "billing", None) for cid, _, _ in CLIENTS])
+    keys = directory / "keys"
+    generate_keypair(keys / "audit-private.pem", keys / "audit-public.pem")
+    pseudonym = keys / "pseudonym.key"
+    pseudonym.write_text(secrets.token_hex(32))
+    pseudonym.chmod(0o600)
+    config = directory / "retention.toml"
+    config.write_text(CONFIG.format(dir=directory))
+    return config
+
+
+def _ts(instant: datetime) -> str:
+    return instant.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def run_demo(directory: Path, now: datetime, echo: Callable[[str], None] = print) -> int:
+    """Build the sandbox, then show plan, run and verify; return the run's exit code."""
+    config_path = build(directory, now)
+    root = config_path.parent
+    os.environ["RETENTION_PSEUDONYM_KEY"] = (root / "keys" / "pseudonym.key").read_text()
+    env = Environment(source=str(config_path))
+    config = load_config(config_path)
+    echo(f"Built a sandbox in {root}: SQLite database app.db, an Ed25519 key pair, retention.toml.\n")
+    echo("== retention plan  (a dry run: nothing changes)\n")
+    echo(report(engine.plan(config, env, now), "table") + "\n")
+    echo("== retention run\n")
+    result = engine.run(config, env, now, lambda: max(now, datetime.now(now.tzinfo)))
+    echo(report(result, "table") + "\n")
+    echo("== retention audit verify\n")
+    assert config.audit is not None and config.audit.signing_key is not None
+    key = load_private_key(Path(env.resolve(config.audit.signing_key))).public_key()
+    for check in verify([config.audit.dir], [key]):
+        echo(f"{'OK  ' if check.ok else 'FAIL'}  {check.path.name}  {check.status}")
+    audit_file = result.audit_file
+    echo(f"""
+What to open next:
+  {config_path}            the rules, each citing its policy section
+  {audit_file}   the signed audit log (one JSON event per line)
+Try:
+  export RETENTION_PSEUDONYM_KEY=$(cat {root}/keys/pseudonym.key)
+  retention --config {config_path} plan          # nothing left to do now
+  retention --config {config_path} audit show {result.run_id}
+  openssl pkeyutl -verify -pubin -inkey {root}/keys/audit-public.pem -rawin \\
+      -in {audit_file} -sigfile {audit_file}.sig
+""")
+    return result.exit_code

@@ -1,0 +1,294 @@
+"""The verbs: `plan` (what each rule would do now) and `run` (do it, and write the signed audit log)."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+
+from retention import __version__
+from retention.audit import AuditWriter, fingerprint, load_private_key
+from retention.config import Config, Rule
+from retention.connector import Connector, connector_type
+from retention.errors import AuditError, ConfigError, RetentionError, UsageError
+from retention.lock import run_lock
+from retention.model import Action, AgeCondition, ClientCondition, Counts, HeldScope, Selection
+from retention.redact import error_summary
+from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, Report, RuleReport
+from retention.secrets import TRANSFORM_LABEL, RecordIdHasher, derive
+from retention.settings import Environment
+from retention.timeutil import rfc3339
+
+log = structlog.get_logger("retention")
+Clock = Callable[[], datetime]
+PLAN_KEY = bytes(32)  # stands in for the HMAC key in statements `plan` shows: plan needs no secret
+
+
+@dataclass(frozen=True)
+class RuleWork:
+    """One rule, compiled for its store: the unit a run executes."""
+
+    rule: Rule
+    selection: Selection
+    action: Action
+
+
+def select_rules(config: Config, names: Sequence[str]) -> list[Rule]:
+    for name in names:
+        config.rule(name)  # raises with the known names
+    return [rule for rule in config.rules if not names or rule.name in names]
+
+
+def compile_rule(config: Config, rule: Rule, now: datetime, hmac_key: bytes | None) -> RuleWork:
+    """The rule's selection and action as of `now`: cutoffs computed here, once, in UTC."""
+    age = AgeCondition(rule.expire.field, rule.expire.after.before(now)) \
+        if rule.expire.after and rule.expire.field else None
+    client = None
+    if rule.expire.client_field and config.clients and rule.expire.grace:
+        client = ClientCondition(rule.expire.client_field, config.clients, rule.expire.grace.before(now))
+    return RuleWork(rule, Selection(rule.target, rule.key, age, client, held_scope(config, rule, now), rule.marker),
+                    Action(rule.action, rule.marker, rule.transforms, now, hmac_key))
+
+
+def held_scope(config: Config, rule: Rule, now: datetime) -> HeldScope:
+    """The legal holds in force at `now` that apply to `rule`: the whole rule, or some of its clients."""
+    active = [hold for hold in config.holds if hold.active_at(now) and (not hold.rules or rule.name in hold.rules)]
+    everything = any(not hold.client_ids for hold in active)
+    client_ids = tuple(dict.fromkeys(cid for hold in active for cid in hold.client_ids))
+    if client_ids and not rule.client_field:
+        # a client hold cannot single out records of a rule that does not know their client
+        client_ids = ()
+    return HeldScope(everything, rule.client_field, client_ids, tuple(hold.name for hold in active))
+
+
+def threshold_reason(rule: Rule, counts: Counts) -> str | None:
+    if rule.max_records is not None and counts.matched > rule.max_records:
+        return f"{counts.matched} records would change, more than max_records = {rule.max_records}"
+    if rule.max_fraction < 1 and counts.matched > rule.max_fraction * counts.total:
+        return (f"{counts.matched} of {counts.total} records would change, more than "
+                f"max_fraction = {rule.max_fraction}")
+    return None
+
+
+@contextmanager
+def open_connectors(config: Config, env: Environment, rules: Sequence[Rule]) -> Iterator[dict[str, Connector]]:
+    """The connectors these rules need, with their `${NAME}` options resolved (an unset one is a config error)."""
+    names = {rule.connector for rule in rules}
+    if config.clients and any(rule.client_field for rule in rules):
+        names.add(config.clients.connector)
+    opened: dict[str, Connector] = {}
+    try:
+        for name in sorted(names):
+            settings = config.connectors[name]
+            options = {key: env.resolve(value) if value is not None and not isinstance(value, int | bool) else value
+                       for key, value in settings.options.items()}
+            kind = connector_type(settings.type, source=str(config.path), key=f"connectors.{name}.type")
+            try:
+                opened[name] = kind(name, options)
+            except ConfigError as exc:
+                raise ConfigError(str(exc), source=str(config.path)) from None
+        yield opened
+    finally:
+        for connector in opened.values():
+            connector.close()
+
+
+def _rule_report(work: RuleWork) -> RuleReport:
+    rule = work.rule
+    cutoff = work.selection.age.cutoff if work.selection.age else None
+    return RuleReport(rule.name, rule.policy, rule.connector, rule.target, rule.action, cutoff)
+
+
+def _assess(connector: Connector, work: RuleWork, report: RuleReport) -> Counts | None:
+    """Check the target and count; fill the report. None when the rule cannot go on."""
+    problems = connector.check(work.selection, work.action)
+    if problems:
+        report.status, report.error = ERROR, "; ".join(problems)
+        return None
+    counts = connector.count(work.selection)
+    report.total, report.matched, report.held, report.unknown_age = (counts.total, counts.matched, counts.held,
+                                                                     counts.unknown_age)
+    report.statement = connector.statement(work.selection, work.action)
+    if reason := threshold_reason(work.rule, counts):
+        report.status, report.error = OVER_THRESHOLD, reason
+    return counts
+
+
+def plan(config: Config, env: Environment, now: datetime, rule_names: Sequence[str] = ()) -> Report:
+    """What each rule would change at `now`. Reads only; needs no signing key and no pseudonym key."""
+    rules = select_rules(config, rule_names)
+    report = Report(now)
+    with open_connectors(config, env, rules) as connectors:
+        for rule in rules:
+            work = compile_rule(config, rule, now, PLAN_KEY)
+            rule_report = _rule_report(work)
+            report.rules.append(rule_report)
+            started = time.monotonic()
+            try:
+                _assess(connectors[rule.connector], work, rule_report)
+            except RetentionError as exc:
+                rule_report.status, rule_report.error = ERROR, str(exc)
+            rule_report.duration_ms = int((time.monotonic() - started) * 1000)
+            log.info("rule_planned", rule=rule.name, connector=rule.connector, status=rule_report.status,
+                     matched=rule_report.matched, held=rule_report.held, unknown_age=rule_report.unknown_age)
+    return report
+
+
+def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_names: Sequence[str] = (),
+        dry_run: bool = False, clock_override: bool = False) -> Report:
+    """Enforce the rules at `now`, batch by batch, writing and signing the audit log as it goes."""
+    if now > clock():
+        raise UsageError(f"--now {rfc3339(now)} is later than the current time; a run may not expire records early")
+    rules = select_rules(config, rule_names)
+    if config.audit is None:
+        raise ConfigError("`run` needs an [audit] table (dir, signing_key)", source=str(config.path), key="audit")
+    if config.audit.signing_key is None:
+        raise ConfigError("is required for `run`: the path of an Ed25519 private key (retention audit keygen)",
+                          source=str(config.path), key="audit.signing_key")
+    signing_key = load_private_key(Path(env.resolve(config.audit.signing_key)))
+    root = env.resolve(config.pseudonym_key) if config.pseudonym_key else None
+    hmac_key = derive(root, TRANSFORM_LABEL) if root else None
+    hasher = RecordIdHasher(root) if root and config.audit.record_ids == "hashed" else None
+    works = [compile_rule(config, rule, now, hmac_key) for rule in rules]
+
+    with open_connectors(config, env, rules) as connectors, run_lock(config.job.state_dir):
+        run_id = uuid.uuid4().hex[:16]
+        try:
+            audit = AuditWriter(config.audit.dir, run_id, clock(), clock, signing_key, hashed_ids=hasher is not None)
+        except AuditError as exc:
+            raise ConfigError(str(exc), source=str(config.path), key="audit.dir") from None
+        structlog.contextvars.bind_contextvars(run_id=run_id)
+        report = Report(now, is_run=True, dry_run=dry_run, run_id=run_id, audit_file=audit.path)
+        audit.event("run_started", tool_version=__version__, config_sha256=config.sha256, host=socket.gethostname(),
+                    user=_user(), now=rfc3339(now), clock_override=clock_override, dry_run=dry_run,
+                    rules=[rule.name for rule in rules], public_key_fingerprint=fingerprint(signing_key.public_key()),
+                    previous_incomplete=audit.previous_incomplete, record_ids="hashed" if hasher else "none")
+        log.info("run_started", dry_run=dry_run, now=rfc3339(now), rules=len(rules),
+                 previous_incomplete=audit.previous_incomplete)
+        started = time.monotonic()
+        try:
+            for work in works:
+                rule_report = _rule_report(work)
+                report.rules.append(rule_report)
+                _enforce(connectors[work.rule.connector], work, rule_report, audit, hasher, config, dry_run)
+        except KeyboardInterrupt:
+            report.interrupted = True
+            failed = report.rules[-1] if report.rules else None
+            if failed:
+                failed.status, failed.error = INTERRUPTED, "interrupted by a signal; the current batch completed"
+                audit.event("rule_failed", rule=failed.name, error_class="Interrupted", message=failed.error,
+                            changed=failed.changed)
+        finally:
+            structlog.contextvars.unbind_contextvars("rule", "connector")
+            totals = {name: sum(getattr(rule, name) for rule in report.rules)
+                      for name in ("matched", "changed", "held", "unknown_age")}
+            extra = {"ids_sha256": audit.ids_sha256()} if hasher else {}
+            audit.event("run_finished", status=report.status, exit_code=report.exit_code,
+                        duration_ms=int((time.monotonic() - started) * 1000),
+                        rules_failed=sum(rule.status in (ERROR, INTERRUPTED) for rule in report.rules),
+                        rules_skipped=sum(rule.status == OVER_THRESHOLD for rule in report.rules), **totals, **extra)
+            audit.close()
+            log.info("run_finished", status=report.status, exit_code=report.exit_code, audit_file=str(audit.path),
+                     **totals)
+            structlog.contextvars.unbind_contextvars("run_id")
+    return report
+
+
+def _enforce(connector: Connector, work: RuleWork, report: RuleReport, audit: AuditWriter,
+             hasher: RecordIdHasher | None, config: Config, dry_run: bool) -> None:
+    """One rule: assess, then change batch by batch; a failure is recorded and the run goes on."""
+    rule = work.rule
+    structlog.contextvars.bind_contextvars(rule=rule.name, connector=rule.connector)
+    audit.event("rule_started", rule=rule.name, connector=rule.connector, target=rule.target, action=rule.action,
+                cutoff=rfc3339(report.cutoff) if report.cutoff else None, holds=list(work.selection.held.holds))
+    started = time.monotonic()
+    try:
+        counts = _assess(connector, work, report)
+        if counts is None:
+            raise _RuleProblem(report.error or "")
+        if report.status == OVER_THRESHOLD:
+            audit.event("rule_skipped", rule=rule.name, reason="threshold", detail=report.error,
+                        matched=counts.matched, total=counts.total, max_fraction=str(rule.max_fraction),
+                        max_records=rule.max_records)
+            log.warning("rule_skipped", reason=report.error)
+            return
+        if not dry_run:
+            for batch in connector.apply(work.selection, work.action, batch_size=config.batch_size(rule),
+                                         limit=counts.matched, want_keys=hasher is not None):
+                fields = {}
+                if hasher:
+                    fields["ids_digest"] = audit.record_ids("changed", rule.name, map(hasher, batch.keys))[1]
+                report.changed += batch.count
+                audit.event("batch_applied", rule=rule.name, action=rule.action, count=batch.count, **fields)
+                log.debug("batch_applied", count=batch.count, changed=report.changed)
+        held_fields = _record_held(connector, work, counts, audit, hasher, config) if hasher else {}
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        audit.event("rule_finished", rule=rule.name, total=report.total, matched=report.matched,
+                    changed=report.changed, held=report.held, unknown_age=report.unknown_age,
+                    duration_ms=report.duration_ms, **held_fields)
+        log.info("rule_finished", matched=report.matched, changed=report.changed, held=report.held,
+                 unknown_age=report.unknown_age, duration_ms=report.duration_ms)
+    except (RetentionError, _RuleProblem) as exc:
+        _fail(report, audit, exc, started)
+    except Exception as exc:
+        _fail(report, audit, exc, started)
+
+
+class _RuleProblem(Exception):
+    """The rule's target failed its checks."""
+
+
+def _fail(report: RuleReport, audit: AuditWriter, exc: Exception, started: float) -> None:
+    error_class, message = error_summary(exc)
+    if isinstance(exc, _RuleProblem):
+        error_class = "TargetProblem"
+    report.status, report.error = ERROR, message
+    report.duration_ms = int((time.monotonic() - started) * 1000)
+    audit.event("rule_failed", rule=report.name, error_class=error_class, message=message, changed=report.changed)
+    log.error("rule_failed", error_class=error_class, error=message, changed=report.changed)
+
+
+def _record_held(connector: Connector, work: RuleWork, counts: Counts, audit: AuditWriter,
+                 hasher: RecordIdHasher, config: Config) -> dict[str, object]:
+    """Name the held records in the sidecar by keyed hash, streamed in chunks."""
+    chunks = connector.held_keys(work.selection, config.batch_size(work.rule)) if counts.held else iter(())
+    lines, digest = audit.record_ids("held", work.rule.name, (hasher(key) for chunk in chunks for key in chunk))
+    return {"held_ids": lines, "held_ids_digest": digest}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    rule: str
+    target: str
+    problems: tuple[str, ...]
+    unreachable: bool = False
+
+
+def check(config: Config, env: Environment, now: datetime) -> list[TargetCheck]:
+    """Connect to every connector and confirm each rule's target and fields exist with usable types."""
+    results = []
+    with open_connectors(config, env, config.rules) as connectors:
+        for rule in config.rules:
+            work = compile_rule(config, rule, now, PLAN_KEY)
+            target = f"{rule.connector}:{rule.target}"
+            try:
+                results.append(TargetCheck(rule.name, target, tuple(connectors[rule.connector].check(
+                    work.selection, work.action))))
+            except RetentionError as exc:
+                results.append(TargetCheck(rule.name, target, (str(exc),), unreachable=True))
+    return results

@@ -1,0 +1,107 @@
+"""What a rule asks of a store, in store-neutral terms that each connector compiles to its own language."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from retention.timeutil import Duration
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One field's fate under anonymize/deidentify: `kind` is null, redact, truncate_ip, mask, …"""
+
+    field: str
+    kind: str
+    arg: str | int | None = None
+
+
+@dataclass(frozen=True)
+class ClientRegistry:
+    """Where client accounts live and which statuses mean active or ended."""
+
+    connector: str
+    table: str
+    id_field: str
+    status_field: str
+    ended_at_field: str
+    active_statuses: tuple[str, ...]
+    ended_statuses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AgeCondition:
+    """Expired when `field` holds a timestamp earlier than `cutoff`."""
+
+    field: str
+    cutoff: datetime
+
+
+@dataclass(frozen=True)
+class ClientCondition:
+    """Expired when the owning client (by `field`) has ended before `ended_before`."""
+
+    field: str
+    registry: ClientRegistry
+    ended_before: datetime
+
+
+@dataclass(frozen=True)
+class HeldScope:
+    """Which expired records legal holds keep: all of them, or those of some clients."""
+
+    everything: bool = False
+    client_field: str | None = None
+    client_ids: tuple[Any, ...] = ()
+    holds: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.everything or bool(self.client_ids)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The records one rule is about, evaluated by the store itself."""
+
+    target: str
+    key: str | None
+    age: AgeCondition | None
+    client: ClientCondition | None
+    held: HeldScope = field(default_factory=HeldScope)
+    marker: str | None = None  # records with a marker set were already processed
+
+
+@dataclass(frozen=True)
+class Action:
+    """What happens to a selected record."""
+
+    kind: str  # delete | anonymize | deidentify
+    marker: str | None = None
+    transforms: tuple[Transform, ...] = ()
+    marked_at: datetime | None = None
+    hmac_key: bytes | None = None  # derived from secrets.pseudonym_key, only when a transform needs it
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many records of a target fall in each class right now."""
+
+    total: int
+    matched: int
+    held: int
+    unknown_age: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One committed batch: how many records changed, and their keys (as text) when asked for."""
+
+    count: int
+    keys: tuple[str, ...] = ()
+
+
+__all__ = ["Action", "AgeCondition", "Batch", "ClientCondition", "ClientRegistry", "Counts", "Duration",
+           "HeldScope", "Selection", "Transform"]

@@ -1,0 +1,78 @@
+"""What `plan` and `run` return: per-rule counts and status, in the stable JSON shape of the SPEC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from retention.timeutil import rfc3339
+
+OK, OVER_THRESHOLD, ERROR, INTERRUPTED = "ok", "over_threshold", "error", "interrupted"
+
+
+@dataclass
+class RuleReport:
+    name: str
+    policy: str
+    connector: str
+    target: str
+    action: str
+    cutoff: datetime | None
+    total: int = 0
+    matched: int = 0
+    held: int = 0
+    unknown_age: int = 0
+    changed: int = 0
+    status: str = OK
+    error: str | None = None
+    statement: str | None = None
+    duration_ms: int = 0
+
+    def to_json(self, *, with_changed: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name, "policy": self.policy, "connector": self.connector, "target": self.target,
+            "action": self.action, "cutoff": rfc3339(self.cutoff) if self.cutoff else None,
+            "total": self.total, "matched": self.matched, "held": self.held, "unknown_age": self.unknown_age,
+            "status": self.status, "error": self.error,
+        }
+        if with_changed:
+            data["changed"] = self.changed
+        return data
+
+
+@dataclass
+class Report:
+    """A plan (nothing changed) or a run (with run_id, audit file and `changed` per rule)."""
+
+    now: datetime
+    rules: list[RuleReport] = field(default_factory=list)
+    is_run: bool = False
+    dry_run: bool = False
+    run_id: str | None = None
+    audit_file: Path | None = None
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        statuses = {rule.status for rule in self.rules}
+        if ERROR in statuses or INTERRUPTED in statuses or self.interrupted:
+            return 1
+        if OVER_THRESHOLD in statuses:
+            return 3
+        return 0
+
+    @property
+    def status(self) -> str:
+        if self.interrupted:
+            return "interrupted"
+        return "failed" if self.exit_code == 1 else "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"now": rfc3339(self.now),
+                                "rules": [rule.to_json(with_changed=self.is_run) for rule in self.rules]}
+        if self.is_run:
+            data.update(run_id=self.run_id, audit_file=str(self.audit_file) if self.audit_file else None,
+                        dry_run=self.dry_run, status=self.status, exit_code=self.exit_code)
+        return data

@@ -1,0 +1,74 @@
+"""Instants and calendar durations, always in UTC."""
+
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(day|week|month|year)s?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A calendar duration such as "24 months": months and years clamp to the end of the month."""
+
+    amount: int
+    unit: str  # day | week | month | year
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.unit}{'' if self.amount == 1 else 's'}"
+
+    def before(self, instant: datetime) -> datetime:
+        """The instant this duration before `instant`, with calendar arithmetic in UTC."""
+        instant = instant.astimezone(UTC)
+        if self.unit == "day":
+            return instant - timedelta(days=self.amount)
+        if self.unit == "week":
+            return instant - timedelta(weeks=self.amount)
+        months = self.amount * (12 if self.unit == "year" else 1)
+        return _minus_months(instant, months)
+
+
+def _minus_months(instant: datetime, months: int) -> datetime:
+    index = instant.year * 12 + (instant.month - 1) - months
+    year, month = divmod(index, 12)
+    month += 1
+    day = min(instant.day, calendar.monthrange(year, month)[1])
+    return instant.replace(year=year, month=month, day=day)
+
+
+def parse_duration(text: str) -> Duration:
+    """Parse "N day(s)|week(s)|month(s)|year(s)"; raise ValueError with the accepted forms."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f'expected a duration like "30 days", "6 weeks", "24 months" or "7 years", got {text!r}')
+    return Duration(int(match.group(1)), match.group(2).lower())
+
+
+def parse_instant(text: str) -> datetime:
+    """Parse an RFC 3339 instant; a time zone offset (or Z) is required."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        raise ValueError(f"expected an RFC 3339 instant like 2026-11-29T03:00:00Z, got {text!r}") from None
+    if value.tzinfo is None:
+        raise ValueError(f"expected an RFC 3339 instant with an offset or Z, got {text!r}")
+    return value.astimezone(UTC)
+
+
+def end_of_day_or_instant(text: str) -> datetime:
+    """A hold's `until`: a UTC date counts through its last microsecond; an instant is taken as is."""
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        return parse_instant(text)
+    return datetime.combine(day, time.max, tzinfo=UTC)
+
+
+def rfc3339(instant: datetime) -> str:
+    """Format an instant as RFC 3339 UTC with a Z, microseconds only when present."""
+    instant = instant.astimezone(UTC)
+    spec = "microseconds" if instant.microsecond else "seconds"
+    return instant.replace(tzinfo=None).isoformat(timespec=spec) + "Z"

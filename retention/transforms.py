@@ -1,0 +1,62 @@
+"""Reference implementations of the transforms, for stores that cannot compute them server-side.
+
+PostgreSQL computes the same results in SQL (see connectors/sql_dialects.py); tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from datetime import date, datetime
+
+HMAC_BLOCK = 64  # SHA-256 block size, for the server-side HMAC construction
+
+
+def truncate_ip(value: str | None) -> str | None:
+    """IPv4 to its /24 network address, IPv6 to its /48; anything that is not an address becomes None."""
+    if value is None:
+        return None
+    try:
+        address = ipaddress.ip_address(str(value).strip())
+    except ValueError:
+        return None
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+def mask(value: str | None, keep: int) -> str | None:
+    """Replace all but the last `keep` characters with '*'; a value no longer than `keep` is masked whole."""
+    if value is None:
+        return None
+    text = str(value)
+    if len(text) <= keep:
+        return "*" * len(text)
+    return "*" * (len(text) - keep) + (text[-keep:] if keep else "")
+
+
+def generalize_date(value: datetime | date | None, unit: str) -> datetime | date | None:
+    """Truncate to the first instant of the month or year."""
+    if value is None:
+        return None
+    if unit == "year":
+        value = value.replace(month=1)
+    value = value.replace(day=1)
+    if isinstance(value, datetime):
+        value = value.replace(hour=0, minute=0, second=0, microsecond=0)
+    return value
+
+
+def pseudonym(key: bytes, value: object) -> str | None:
+    """HMAC-SHA256 of the value's text, hex: the same value always gets the same pseudonym under one key."""
+    if value is None:
+        return None
+    return hmac.new(key, str(value).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+    """The inner and outer padded keys of HMAC-SHA256, so a store with only sha256() can compute HMAC."""
+    if len(key) > HMAC_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(HMAC_BLOCK, b"\0")
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
