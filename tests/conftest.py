@@ -1,0 +1,55 @@
+"""Fixtures: real stores (PostgreSQL started per session, SQLite files), keys, configs, and the CLI."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.servers import postgres_server
+from tests.stores import PostgresStore, SqliteStore, Store
+
+NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the whole session: RETENTION_TEST_POSTGRES_URL, or one started from its binaries."""
+    existing = os.environ.get("RETENTION_TEST_POSTGRES_URL")
+    if existing:
+        yield existing
+        return
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_database(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty database on the session server; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = postgres_url.rpartition("/")
+    yield f"{base}/{name}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each SQL store the connector supports, empty: the same scenarios run on every one."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_database")
+        yield PostgresStore(url)
+    else:
+        yield SqliteStore(tmp_path / "app.db")
+
+
+@pytest.fixture
+def pg_store(pg_database: str) -> PostgresStore:
+    return PostgresStore(pg_database)

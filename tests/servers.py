@@ -1,0 +1,75 @@
+"""Throwaway database servers for the test suite: started on 127.0.0.1 at a free port, stopped by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def postgres_bin(name: str) -> str:
+    """A PostgreSQL server binary: on PATH, else in the newest /usr/lib/postgresql/*/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not candidates:
+        raise RuntimeError(f"PostgreSQL server binary {name!r} not found: install postgresql (apt-get install "
+                           "postgresql) or set RETENTION_TEST_POSTGRES_URL to an existing server")
+    return candidates[-1]
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yield the URL of a fresh PostgreSQL server (superuser `postgres`, trust auth) and stop it afterwards."""
+    as_root = os.geteuid() == 0
+    owner = pwd.getpwnam("postgres") if as_root else None
+    base = Path(tempfile.mkdtemp(prefix="rpg-"))
+    data, sockets = base / "data", base / "s"
+    sockets.mkdir()
+    if owner:
+        for path in (base, sockets):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+    run_as = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []} if owner else {}
+    subprocess.run([postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync",
+                    "-E", "UTF8", "--locale=C"], check=True, capture_output=True, **run_as)
+    port = free_port()
+    log = base / "server.log"
+    process = subprocess.Popen(
+        [postgres_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets), "-h", "127.0.0.1",
+         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+         "-c", "max_connections=100", "-c", "shared_buffers=128MB"],
+        stdout=subprocess.DEVNULL, stderr=open(log, "wb"), **run_as)  # noqa: SIM115
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start: {log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+        time.sleep(0.1)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(base, ignore_errors=True)
