@@ -128,7 +128,7 @@ class SqliteDialect(SqlDialect):
 
     def before(self, column: Any, cutoff: datetime) -> ColumnElement[bool]:
         iso = cutoff.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-        return func.julianday(column) < func.julianday(iso)  # type: ignore[no-any-return]
+        return func.julianday(column) < func.julianday(iso)
 
     def transform(self, column: Any, transform: Transform, hmac_key: bytes | None) -> Any:
         kind = transform.kind

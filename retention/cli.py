@@ -187,7 +187,8 @@ def audit_verify(state: State, paths: tuple[Path, ...], public_keys: tuple[Path,
                              "detail": c.detail} for c in checks]))
     else:
         for c in checks:
-            click.echo(f"{'OK  ' if c.ok else 'FAIL'}  {c.path.name}  {c.status}" + (f": {c.detail}" if c.detail else ""))
+            detail = f": {c.detail}" if c.detail else ""
+            click.echo(f"{'OK  ' if c.ok else 'FAIL'}  {c.path.name}  {c.status}{detail}")
         bad = sum(not c.ok for c in checks)
         click.echo(f"{len(checks)} files checked, {bad} with problems" if checks else "no audit runs found")
     if any(not c.ok for c in checks):

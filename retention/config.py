@@ -29,8 +29,6 @@ class JobConfig:
     schedule: str = "0 3 * * *"
     state_dir: Path = Path("var/retention")
     batch_size: int = 5000
-    lock_connector: str | None = None
-    metrics_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -143,8 +141,6 @@ def _parse(top: Section, path: Path, sha256: str) -> Config:
     rules = _rules(top, connectors, types, clients, pseudonym_key)
     holds = _holds(top, {rule.name for rule in rules})
     top.done()
-    if job.lock_connector and job.lock_connector not in connectors:
-        raise ConfigError(f"unknown connector {job.lock_connector!r}", source=top.source, key="job.lock.connector")
     if audit and audit.record_ids == "hashed" and pseudonym_key is None:
         raise ConfigError('record_ids = "hashed" needs secrets.pseudonym_key', source=top.source,
                           key="audit.record_ids")
@@ -166,13 +162,7 @@ def _job(section: Section | None) -> JobConfig:
     if len(schedule.split()) != 5:
         raise section.error("schedule", f'expected a 5-field cron expression like "0 3 * * *", got {schedule!r}')
     batch_size = _positive(section, "batch_size", 5000)
-    lock = section.section("lock")
-    lock_connector = lock.get("connector", str) if lock else None
-    if lock:
-        lock.done()
-    metrics = section.get("metrics_file", str, None)
-    job = JobConfig(timezone, schedule, Path(section.get("state_dir", str, "var/retention")), batch_size,
-                    lock_connector, Path(metrics) if metrics else None)
+    job = JobConfig(timezone, schedule, Path(section.get("state_dir", str, "var/retention")), batch_size)
     section.done()
     return job
 

@@ -108,8 +108,10 @@ def build(directory: Path, now: datetime, seed: int = 2026) -> Path:
         db.executemany("INSERT INTO clients VALUES (?, ?, ?, ?)",
                        [(cid, f"Client {cid}", status, _ts(now - timedelta(days=days)) if days else None)
                         for cid, status, days in CLIENTS])
-        events = [(None, f"v-{rng.randrange(10**6):06d}", _ts(now - timedelta(minutes=rng.randrange(4 * 525_600))),
-                   f"198.51.100.{rng.randrange(256)}", rng.choice(["/", "/pricing", "/docs"])) for _ in range(4000)]
+        four_years = 4 * 365 * 24 * 60
+        events: list[tuple[None, str, str | None, str, str]] = [
+            (None, f"v-{rng.randrange(10**6):06d}", _ts(now - timedelta(minutes=rng.randrange(four_years))),
+             f"198.51.100.{rng.randrange(256)}", rng.choice(["/", "/pricing", "/docs"])) for _ in range(4000)]
         events += [(None, "v-unknown", None, "203.0.113.9", "/")] * 3  # no timestamp: unknown age, never touched
         db.executemany("INSERT INTO cookie_events VALUES (?, ?, ?, ?, ?)", events)
         users = []

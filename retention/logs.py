@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 import structlog
@@ -20,7 +20,7 @@ def configure(log_format: str = "auto", verbosity: int = 0, secrets: Callable[[]
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     level = {-1: logging.WARNING, 0: logging.INFO}.get(max(-1, min(verbosity, 1)), logging.DEBUG)
 
-    def refuse_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def refuse_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         known = list(secrets())
         for key in list(event):
             if key in _FORBIDDEN_KEYS:

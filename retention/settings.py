@@ -87,7 +87,7 @@ class Section:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.error(name, f"expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {_describe(value)}")
-        return value  # type: ignore[no-any-return]
+        return value
 
     def setting(self, name: str, default: Any = _MISSING) -> Setting:
         """A string that may be a `${NAME}` environment reference."""

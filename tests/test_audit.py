@@ -176,4 +176,5 @@ def test_audit_list_and_show_summarize_runs(audited: Sandbox) -> None:
     listed = json.loads(audited.cli("audit", "list", "--format", "json").stdout)
     assert [5, 0, 0] == [run["changed"] for run in listed]
     shown = json.loads(audited.cli("audit", "show", listed[0]["run_id"], "--format", "json").stdout)
-    assert ("cookies", 5, "ok") == (shown["rules"][0]["rule"], shown["rules"][0]["changed"], shown["rules"][0]["status"])
+    rule = shown["rules"][0]
+    assert ("cookies", 5, "ok") == (rule["rule"], rule["changed"], rule["status"])

@@ -123,7 +123,7 @@ def test_secrets_from_the_environment_are_never_printed(tmp_path: Path) -> None:
     """A connection failure does not echo the URL's password."""
     path = tmp_path / "retention.toml"
     path.write_text(BASE)
-    secret = "s3cr3t-Pa55word"
+    secret = "s3cr3t-Pa55word"  # noqa: S105 - a fake password the output must not show
     result = CliRunner().invoke(main, ["--config", str(path), "--log-format", "json", "plan", "--format", "json"],
                                 env={"APP_DATABASE_URL": f"postgresql://app:{secret}@127.0.0.1:9/app"})
     assert 1 == result.exit_code

@@ -1,0 +1,30 @@
+# The two commands of the README:  make demo  |  make test
+VENV ?= .venv
+PYTHON ?= python3
+BIN = $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/retention: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/retention  ## build a sandbox on embedded SQLite, then plan, run and verify it
+	$(BIN)/retention demo --dir retention-demo
+
+lint: $(BIN)/retention
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: $(BIN)/retention lint  ## the whole suite; starts its own PostgreSQL server
+	scripts/ensure-postgres
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/retention  ## 1,000,000 rows on a throwaway PostgreSQL: the tool against hand-written SQL
+	scripts/ensure-postgres
+	$(BIN)/python bench/bench_postgres.py
+
+clean:
+	rm -rf $(VENV) retention-demo var .pytest_cache .ruff_cache .mypy_cache
