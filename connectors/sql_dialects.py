@@ -6,7 +6,7 @@ import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, and_, case, cast, func, literal, null
+from sqlalchemy import ColumnElement, String, and_, case, cast, func, literal, literal_column, null, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import sqltypes
 
@@ -35,6 +35,17 @@ class SqlDialect:
 
     def engine_options(self) -> dict[str, Any]:
         return {}
+
+    def chosen_rows(self, key: Any, candidate_key: Any, matching: ColumnElement[bool], size: int
+                    ) -> ColumnElement[bool]:
+        """The outer statement's rows: those whose key is among the first `size` matching candidates."""
+        return key.in_(select(candidate_key).where(matching).limit(size))  # type: ignore[no-any-return]
+
+    def count_where(self, predicate: ColumnElement[bool]) -> ColumnElement[int]:
+        """How many rows satisfy `predicate`, as one aggregate of a single scan."""
+        if self.name in ("postgresql", "sqlite"):
+            return func.count().filter(predicate)
+        return func.coalesce(func.sum(case((predicate, 1), else_=0)), 0)
 
     def has_timestamp(self, column: Any) -> ColumnElement[bool]:
         """Two-valued: the column holds a usable timestamp."""
@@ -80,6 +91,22 @@ class PostgresDialect(SqlDialect):
 
     name = "postgresql"
     transforms = frozenset({"null", "redact", "truncate_ip", "generalize_date", "mask", "hmac", "keep"})
+    @staticmethod
+    def keyed_hash(column: Any, key: bytes | None) -> Any:
+        """HMAC-SHA256 of the column's text, hex: two sha256() calls over precomputed padded keys, no pgcrypto."""
+        assert key is not None
+        inner, outer = reference.hmac_pads(key)
+        message = func.convert_to(cast(column, sqltypes.Text()), "UTF8")
+        digest = func.sha256(literal(outer, postgresql.BYTEA()).op("||")(
+            func.sha256(literal(inner, postgresql.BYTEA()).op("||")(message))))
+        return func.encode(digest, "hex")
+
+    def chosen_rows(self, key: Any, candidate_key: Any, matching: ColumnElement[bool], size: int
+                    ) -> ColumnElement[bool]:
+        # By physical row id: a TID scan per batch, where `key IN (...)` would scan the whole table each time.
+        # A row updated meanwhile is followed to its new version and the outer predicate is checked again.
+        row_id: ColumnElement[Any] = literal_column("ctid")
+        return row_id == func.any(func.array(select(row_id).where(matching).limit(size).scalar_subquery()))
 
     def engine_options(self) -> dict[str, Any]:
         # date_trunc and naive timestamps are read in the session time zone: pin it to UTC.
@@ -108,12 +135,7 @@ class PostgresDialect(SqlDialect):
                 else_=func.repeat("*", length),
             )
         if kind == "hmac":
-            assert hmac_key is not None
-            inner, outer = reference.hmac_pads(hmac_key)
-            message = func.convert_to(cast(column, sqltypes.Text()), "UTF8")
-            digest = func.sha256(literal(outer, postgresql.BYTEA()).op("||")(
-                func.sha256(literal(inner, postgresql.BYTEA()).op("||")(message))))
-            return func.encode(digest, "hex")
+            return self.keyed_hash(column, hmac_key)
         return super().transform(column, transform, hmac_key)
 
 
@@ -139,7 +161,6 @@ class SqliteDialect(SqlDialect):
         if kind == "generalize_date":
             return func.retention_generalize_date(column, str(transform.arg))
         if kind == "hmac":
-            assert hmac_key is not None
             return func.retention_hmac(literal(hmac_key), column)
         return super().transform(column, transform, hmac_key)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -42,8 +43,8 @@ class Connector(Protocol):
 
     def count(self, selection: Selection) -> Counts: ...
 
-    def held_keys(self, selection: Selection, batch_size: int) -> Iterator[tuple[str, ...]]:
-        """The keys (as text) of expired records that legal holds keep, streamed in chunks."""
+    def held_ids(self, selection: Selection, batch_size: int, id_key: bytes) -> Iterator[tuple[str, ...]]:
+        """Keyed hashes (`transforms.pseudonym(id_key, key)`) of the records legal holds keep, in chunks."""
         ...
 
     def statement(self, selection: Selection, action: Action) -> str:
@@ -51,8 +52,11 @@ class Connector(Protocol):
         ...
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
-              want_keys: bool) -> Iterator[Batch]:
-        """Change at most `limit` selected records, one committed batch at a time, re-checking the predicate."""
+              id_key: bytes | None) -> Iterator[Batch]:
+        """Change at most `limit` selected records, one committed batch at a time, re-checking the predicate.
+
+        With `id_key`, each Batch also names its records by keyed hash, computed in the store where it can.
+        """
         ...
 
 
@@ -66,6 +70,7 @@ class ConnectorType(Protocol):
     def __call__(self, name: str, options: Mapping[str, Any]) -> Connector: ...
 
 
+@cache  # scanning installed distributions is slow, and they do not change while we run
 def connector_types() -> dict[str, ConnectorType]:
     """Every installed connector type by its `type` name, built-ins included."""
     found: dict[str, ConnectorType] = {}

@@ -23,7 +23,7 @@ from retention.lock import run_lock
 from retention.model import Action, AgeCondition, ClientCondition, Counts, HeldScope, Selection
 from retention.redact import error_summary
 from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, Report, RuleReport
-from retention.secrets import TRANSFORM_LABEL, RecordIdHasher, derive
+from retention.secrets import RECORD_ID_LABEL, TRANSFORM_LABEL, derive
 from retention.settings import Environment
 from retention.timeutil import rfc3339
 
@@ -156,13 +156,13 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
     signing_key = load_private_key(Path(env.resolve(config.audit.signing_key)))
     root = env.resolve(config.pseudonym_key) if config.pseudonym_key else None
     hmac_key = derive(root, TRANSFORM_LABEL) if root else None
-    hasher = RecordIdHasher(root) if root and config.audit.record_ids == "hashed" else None
+    id_key = derive(root, RECORD_ID_LABEL) if root and config.audit.record_ids == "hashed" else None
     works = [compile_rule(config, rule, now, hmac_key) for rule in rules]
 
     with open_connectors(config, env, rules) as connectors, run_lock(config.job.state_dir):
         run_id = uuid.uuid4().hex[:16]
         try:
-            audit = AuditWriter(config.audit.dir, run_id, clock(), clock, signing_key, hashed_ids=hasher is not None)
+            audit = AuditWriter(config.audit.dir, run_id, clock(), clock, signing_key, hashed_ids=id_key is not None)
         except AuditError as exc:
             raise ConfigError(str(exc), source=str(config.path), key="audit.dir") from None
         structlog.contextvars.bind_contextvars(run_id=run_id)
@@ -170,7 +170,7 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
         audit.event("run_started", tool_version=__version__, config_sha256=config.sha256, host=socket.gethostname(),
                     user=_user(), now=rfc3339(now), clock_override=clock_override, dry_run=dry_run,
                     rules=[rule.name for rule in rules], public_key_fingerprint=fingerprint(signing_key.public_key()),
-                    previous_incomplete=audit.previous_incomplete, record_ids="hashed" if hasher else "none")
+                    previous_incomplete=audit.previous_incomplete, record_ids="hashed" if id_key else "none")
         log.info("run_started", dry_run=dry_run, now=rfc3339(now), rules=len(rules),
                  previous_incomplete=audit.previous_incomplete)
         started = time.monotonic()
@@ -178,7 +178,7 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
             for work in works:
                 rule_report = _rule_report(work)
                 report.rules.append(rule_report)
-                _enforce(connectors[work.rule.connector], work, rule_report, audit, hasher, config, dry_run)
+                _enforce(connectors[work.rule.connector], work, rule_report, audit, id_key, config, dry_run)
         except KeyboardInterrupt:
             report.interrupted = True
             failed = report.rules[-1] if report.rules else None
@@ -190,7 +190,7 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
             structlog.contextvars.unbind_contextvars("rule", "connector")
             totals = {name: sum(getattr(rule, name) for rule in report.rules)
                       for name in ("matched", "changed", "held", "unknown_age")}
-            extra = {"ids_sha256": audit.ids_sha256()} if hasher else {}
+            extra = {"ids_sha256": audit.ids_sha256()} if id_key else {}
             audit.event("run_finished", status=report.status, exit_code=report.exit_code,
                         duration_ms=int((time.monotonic() - started) * 1000),
                         rules_failed=sum(rule.status in (ERROR, INTERRUPTED) for rule in report.rules),
@@ -203,7 +203,7 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
 
 
 def _enforce(connector: Connector, work: RuleWork, report: RuleReport, audit: AuditWriter,
-             hasher: RecordIdHasher | None, config: Config, dry_run: bool) -> None:
+             id_key: bytes | None, config: Config, dry_run: bool) -> None:
     """One rule: assess, then change batch by batch; a failure is recorded and the run goes on."""
     rule = work.rule
     structlog.contextvars.bind_contextvars(rule=rule.name, connector=rule.connector)
@@ -222,14 +222,14 @@ def _enforce(connector: Connector, work: RuleWork, report: RuleReport, audit: Au
             return
         if not dry_run:
             for batch in connector.apply(work.selection, work.action, batch_size=config.batch_size(rule),
-                                         limit=counts.matched, want_keys=hasher is not None):
+                                         limit=counts.matched, id_key=id_key):
                 fields = {}
-                if hasher:
-                    fields["ids_digest"] = audit.record_ids("changed", rule.name, map(hasher, batch.keys))[1]
+                if id_key:
+                    fields["ids_digest"] = audit.record_ids("changed", rule.name, batch.ids)[1]
                 report.changed += batch.count
                 audit.event("batch_applied", rule=rule.name, action=rule.action, count=batch.count, **fields)
                 log.debug("batch_applied", count=batch.count, changed=report.changed)
-        held_fields = _record_held(connector, work, counts, audit, hasher, config) if hasher else {}
+        held_fields = _record_held(connector, work, counts, audit, id_key, config) if id_key else {}
         report.duration_ms = int((time.monotonic() - started) * 1000)
         audit.event("rule_finished", rule=rule.name, total=report.total, matched=report.matched,
                     changed=report.changed, held=report.held, unknown_age=report.unknown_age,
@@ -257,10 +257,10 @@ def _fail(report: RuleReport, audit: AuditWriter, exc: Exception, started: float
 
 
 def _record_held(connector: Connector, work: RuleWork, counts: Counts, audit: AuditWriter,
-                 hasher: RecordIdHasher, config: Config) -> dict[str, object]:
+                 id_key: bytes, config: Config) -> dict[str, object]:
     """Name the held records in the sidecar by keyed hash, streamed in chunks."""
-    chunks = connector.held_keys(work.selection, config.batch_size(work.rule)) if counts.held else iter(())
-    lines, digest = audit.record_ids("held", work.rule.name, (hasher(key) for chunk in chunks for key in chunk))
+    chunks = connector.held_ids(work.selection, config.batch_size(work.rule), id_key) if counts.held else iter(())
+    lines, digest = audit.record_ids("held", work.rule.name, (value for chunk in chunks for value in chunk))
     return {"held_ids": lines, "held_ids_digest": digest}
 
 

@@ -97,10 +97,10 @@ class Counts:
 
 @dataclass(frozen=True)
 class Batch:
-    """One committed batch: how many records changed, and their keys (as text) when asked for."""
+    """One committed batch: how many records changed, and their keyed hashes when asked for."""
 
     count: int
-    keys: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
 
 
 __all__ = ["Action", "AgeCondition", "Batch", "ClientCondition", "ClientRegistry", "Counts", "Duration",

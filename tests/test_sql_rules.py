@@ -248,3 +248,16 @@ def test_batches_cover_every_record(sandbox: Sandbox, store: Store) -> None:
     events = [json.loads(line) for line in Path(report["audit_file"]).read_text().splitlines()]
     assert [2, 2, 2, 1] == [e["count"] for e in events if e["event"] == "batch_applied"]
     assert 1 == store.scalar("SELECT count(*) FROM cookie_events")
+
+
+def test_sidecar_names_changed_and_held_records_by_the_reference_keyed_hash(sandbox: Sandbox, store: Store) -> None:
+    """The store computes record-id hashes; they equal HMAC-SHA256 under the derived record-id key."""
+    from retention.secrets import RECORD_ID_LABEL
+
+    seed_clients(store)
+    sandbox.write(END_USER_RULE, extra='[[holds]]\nname = "lit-1"\nclient_ids = ["c-asked"]\n')
+    report = run(sandbox)
+    key = derive(PSEUDONYM_KEY, RECORD_ID_LABEL)
+    sidecar = Path(report["audit_file"].replace(".jsonl", ".ids")).read_text().splitlines()
+    assert sorted([f"changed end-users {transforms.pseudonym(key, i)}" for i in (1, 2)]
+                  + [f"held end-users {transforms.pseudonym(key, 4)}"]) == sorted(sidecar)
