@@ -16,7 +16,6 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    exists,
     false,
     func,
     literal,
@@ -138,8 +137,13 @@ class SqlConnector:
 
     # -- predicates ------------------------------------------------------------------------------------------
 
-    def _predicates(self, table: Any, selection: Selection) -> dict[str, ColumnElement[bool]]:
-        """Two-valued predicates (never NULL) for the classes a record can fall in."""
+    def _predicates(self, table: Any, selection: Selection, *, locking: bool = False
+                    ) -> dict[str, ColumnElement[bool]]:
+        """Two-valued predicates (never NULL) for the classes a record can fall in.
+
+        `locking` (for statements that change records) share-locks the registry rows consulted, so a client
+        re-activated by a concurrent transaction is seen in its new state, never in the one before.
+        """
         dialect = self.dialect
         expired: list[ColumnElement[bool]] = []
         unknown: list[ColumnElement[bool]] = []
@@ -149,7 +153,7 @@ class SqlConnector:
             expired.append(and_(has_age, dialect.before(column, selection.age.cutoff)))
             unknown.append(not_(has_age))
         if selection.client:
-            client_expired, client_known = self._client_predicates(table, selection)
+            client_expired, client_known = self._client_predicates(table, selection, locking)
             expired.append(client_expired)
             unknown.append(not_(or_(client_expired, client_known)))
         is_expired = or_(*expired)
@@ -166,7 +170,7 @@ class SqlConnector:
             "unknown_age": and_(not_(is_expired), or_(*unknown), fresh),
         }
 
-    def _client_predicates(self, table: Any, selection: Selection) -> tuple[ColumnElement[bool], ...]:
+    def _client_predicates(self, table: Any, selection: Selection, locking: bool) -> tuple[ColumnElement[bool], ...]:
         """Expired: every registry row of the client ended before the cutoff. Known: some row has a usable state."""
         assert selection.client is not None
         registry = selection.client.registry
@@ -177,12 +181,16 @@ class SqlConnector:
                      self.dialect.has_timestamp(ended_at))
         ended_long_ago = and_(ended, self.dialect.before(ended_at, selection.client.ended_before))
         active = and_(status.is_not(None), status.in_(registry.active_statuses))
+        def any_row(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+            rows = select(literal(1)).select_from(clients).where(same_client, *conditions)
+            return (rows.with_for_update(read=True) if locking else rows).exists()
+
         expired = and_(
-            exists().where(same_client, ended_long_ago),
+            any_row(ended_long_ago),
             # a duplicate registry row that is still active (or unknown) keeps the records
-            not_(exists().where(same_client, not_(ended_long_ago))),
+            not_(any_row(not_(ended_long_ago))),
         )
-        known = exists().where(same_client, or_(active, ended))
+        known = any_row(or_(active, ended))
         return expired, known
 
     # -- counting and changing -------------------------------------------------------------------------------
@@ -210,9 +218,9 @@ class SqlConnector:
         table = self.table(selection.target)
         key = self._key(table, selection)
         candidates = table.alias("candidates")
-        still_matching = self._predicates(table, selection)["matched"]
+        still_matching = self._predicates(table, selection, locking=True)["matched"]
         chosen_rows = self.dialect.chosen_rows(key, candidates.c[key.name],
-                                               self._predicates(candidates, selection)["matched"], size)
+                                               self._predicates(candidates, selection, locking=True)["matched"], size)
         statement: Delete | Update
         if action.kind == "delete":
             statement = delete(table)

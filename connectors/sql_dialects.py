@@ -13,11 +13,6 @@ from sqlalchemy.sql import sqltypes
 from retention import transforms as reference
 from retention.model import Transform
 
-# Strict address shapes, so PostgreSQL never sees a cast that could fail and abort a batch.
-_IPV4 = r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$"
-_IPV6 = (r"^(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|(([0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})?::"
-         r"(([0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})?)$")
-
 
 def is_timestamp(column_type: Any) -> bool:
     return isinstance(column_type, sqltypes.DateTime | sqltypes.Date)
@@ -120,8 +115,8 @@ class PostgresDialect(SqlDialect):
                 return cast(func.host(func.network(func.set_masklen(column, prefix))), postgresql.INET)
             as_inet = cast(column, postgresql.INET)
             return case(
-                (column.regexp_match(_IPV4), func.host(func.network(func.set_masklen(as_inet, 24)))),
-                (column.regexp_match(_IPV6), func.host(func.network(func.set_masklen(as_inet, 48)))),
+                (column.regexp_match(reference.IPV4), func.host(func.network(func.set_masklen(as_inet, 24)))),
+                (column.regexp_match(reference.IPV6), func.host(func.network(func.set_masklen(as_inet, 48)))),
                 else_=null(),
             )
         if kind == "generalize_date":

@@ -8,17 +8,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 from datetime import date, datetime
 
 HMAC_BLOCK = 64  # SHA-256 block size, for the server-side HMAC construction
+# The address shapes truncate_ip accepts, shared with SQL so that every store agrees on what is an address.
+IPV4 = r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$"
+IPV6 = (r"^(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|(([0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})?::"
+        r"(([0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})?)$")
 
 
 def truncate_ip(value: str | None) -> str | None:
     """IPv4 to its /24 network address, IPv6 to its /48; anything that is not an address becomes None."""
     if value is None:
         return None
+    text = str(value)
+    # fullmatch of the unanchored body: Python's `$` would also accept a trailing newline, SQL's does not
+    if not (re.fullmatch(IPV4[1:-1], text) or re.fullmatch(IPV6[1:-1], text)):
+        return None
     try:
-        address = ipaddress.ip_address(str(value).strip())
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
     prefix = 24 if address.version == 4 else 48
