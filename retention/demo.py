@@ -14,6 +14,7 @@ from pathlib import Path
 from retention import engine
 from retention.audit import generate_keypair, load_private_key, verify
 from retention.config import load_config
+from retention.errors import UsageError
 from retention.render import report
 from retention.settings import Environment
 
@@ -97,7 +98,7 @@ def build(directory: Path, now: datetime, seed: int = 2026) -> Path:
     """Create the sandbox: database, keys and config. Returns the config path."""
     if directory.exists() and any(directory.iterdir()):
         if not (directory / MARKER).exists():
-            raise SystemExit(f"{directory} exists and was not made by `retention demo`; choose another --dir")
+            raise UsageError(f"{directory} exists and was not made by `retention demo`; choose another --dir")
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     (directory / MARKER).write_text("built by retention demo; safe to delete\n")

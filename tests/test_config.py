@@ -129,3 +129,30 @@ def test_secrets_from_the_environment_are_never_printed(tmp_path: Path) -> None:
     assert 1 == result.exit_code
     assert secret not in result.stdout + result.stderr
     assert "error" in result.stdout
+
+
+def test_hostile_identifiers_are_quoted_not_executed(tmp_path: Path) -> None:
+    """A table or field name with quotes, semicolons and comments is a missing table, never injected SQL."""
+    import sqlite3
+
+    database = tmp_path / "app.db"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE clients (id TEXT PRIMARY KEY)")
+    path = tmp_path / "retention.toml"
+    path.write_text(f'''
+[connectors.app]
+type = "sql"
+url = "sqlite:///{database}"
+
+[[rules]]
+name = "evil"
+connector = "app"
+table = "clients; DROP TABLE clients; --"
+expire = {{ after = "1 day", field = "x\\" OR 1=1 --" }}
+action = "delete"
+''')
+    result = CliRunner().invoke(main, ["--config", str(path), "plan", "--format", "json"])
+    assert 1 == result.exit_code
+    assert "does not exist" in result.stdout
+    with sqlite3.connect(database) as db:
+        assert [("clients",)] == db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
