@@ -139,7 +139,7 @@ def _parse(top: Section, path: Path, sha256: str) -> Config:
     connectors, types = _connectors(connectors_section)
     clients = _clients(top.section("clients"), connectors)
     rules = _rules(top, connectors, types, clients, pseudonym_key)
-    holds = _holds(top, {rule.name for rule in rules})
+    holds = _holds(top, {rule.name: rule for rule in rules})
     top.done()
     if audit and audit.record_ids == "hashed" and pseudonym_key is None:
         raise ConfigError('record_ids = "hashed" needs secrets.pseudonym_key', source=top.source,
@@ -231,7 +231,7 @@ def _clients(section: Section | None, connectors: dict[str, ConnectorConfig]) ->
     return registry
 
 
-def _holds(top: Section, rule_names: set[str]) -> tuple[Hold, ...]:
+def _holds(top: Section, rules_by_name: dict[str, Rule]) -> tuple[Hold, ...]:
     raw = top.raw("holds")
     if is_missing(raw):
         return ()
@@ -247,8 +247,11 @@ def _holds(top: Section, rule_names: set[str]) -> tuple[Hold, ...]:
                 raise section.error(f"client_ids[{position}]", "expected a string or an integer client id")
         rules = section.strings("rules", ())
         for rule in rules:
-            if rule not in rule_names:
-                raise section.error("rules", f"unknown rule {rule!r}; rules: {', '.join(sorted(rule_names))}")
+            if rule not in rules_by_name:
+                raise section.error("rules", f"unknown rule {rule!r}; rules: {', '.join(sorted(rules_by_name))}")
+            if client_ids and not rules_by_name[rule].client_field:
+                raise section.error("client_ids", f"rule {rule!r} does not know its records' client "
+                                                  "(no expire.client_field), so a client hold cannot apply to it")
         until = section.parsed("until", end_of_day_or_instant, None)
         if not client_ids and not rules:
             raise section.error(None, "a hold needs client_ids and/or rules (what it keeps)")

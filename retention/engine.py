@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from retention import __version__
 from retention.audit import AuditWriter, fingerprint, load_private_key
@@ -148,28 +149,22 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
     if now > clock():
         raise UsageError(f"--now {rfc3339(now)} is later than the current time; a run may not expire records early")
     rules = select_rules(config, rule_names)
-    if config.audit is None:
-        raise ConfigError("`run` needs an [audit] table (dir, signing_key)", source=str(config.path), key="audit")
-    if config.audit.signing_key is None:
-        raise ConfigError("is required for `run`: the path of an Ed25519 private key (retention audit keygen)",
-                          source=str(config.path), key="audit.signing_key")
-    signing_key = load_private_key(Path(env.resolve(config.audit.signing_key)))
-    root = env.resolve(config.pseudonym_key) if config.pseudonym_key else None
-    hmac_key = derive(root, TRANSFORM_LABEL) if root else None
-    id_key = derive(root, RECORD_ID_LABEL) if root and config.audit.record_ids == "hashed" else None
-    works = [compile_rule(config, rule, now, hmac_key) for rule in rules]
+    keys = _run_keys(config, env)
+    works = [compile_rule(config, rule, now, keys.transform) for rule in rules]
+    id_key = keys.record_ids
 
     with open_connectors(config, env, rules) as connectors, run_lock(config.job.state_dir):
         run_id = uuid.uuid4().hex[:16]
+        assert config.audit is not None
         try:
-            audit = AuditWriter(config.audit.dir, run_id, clock(), clock, signing_key, hashed_ids=id_key is not None)
+            audit = AuditWriter(config.audit.dir, run_id, clock(), clock, keys.signing, hashed_ids=id_key is not None)
         except AuditError as exc:
             raise ConfigError(str(exc), source=str(config.path), key="audit.dir") from None
         structlog.contextvars.bind_contextvars(run_id=run_id)
         report = Report(now, is_run=True, dry_run=dry_run, run_id=run_id, audit_file=audit.path)
         audit.event("run_started", tool_version=__version__, config_sha256=config.sha256, host=socket.gethostname(),
                     user=_user(), now=rfc3339(now), clock_override=clock_override, dry_run=dry_run,
-                    rules=[rule.name for rule in rules], public_key_fingerprint=fingerprint(signing_key.public_key()),
+                    rules=[rule.name for rule in rules], public_key_fingerprint=fingerprint(keys.signing.public_key()),
                     previous_incomplete=audit.previous_incomplete, record_ids="hashed" if id_key else "none")
         log.info("run_started", dry_run=dry_run, now=rfc3339(now), rules=len(rules),
                  previous_incomplete=audit.previous_incomplete)
@@ -183,7 +178,8 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
             report.interrupted = True
             failed = report.rules[-1] if report.rules else None
             if failed:
-                failed.status, failed.error = INTERRUPTED, "interrupted by a signal; the current batch completed"
+                failed.status = INTERRUPTED
+                failed.error = "interrupted; the batch in flight was committed or rolled back whole"
                 audit.event("rule_failed", rule=failed.name, error_class="Interrupted", message=failed.error,
                             changed=failed.changed)
         finally:
@@ -200,6 +196,27 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
                      **totals)
             structlog.contextvars.unbind_contextvars("run_id")
     return report
+
+
+@dataclass(frozen=True)
+class RunKeys:
+    signing: Ed25519PrivateKey
+    transform: bytes | None  # the hmac transform's key
+    record_ids: bytes | None  # the audit sidecar's key, when record ids are hashed
+
+
+def _run_keys(config: Config, env: Environment) -> RunKeys:
+    """Every key a run needs, loaded before anything connects: a missing or unsafe one is exit 2."""
+    if config.audit is None:
+        raise ConfigError("`run` needs an [audit] table (dir, signing_key)", source=str(config.path), key="audit")
+    if config.audit.signing_key is None:
+        raise ConfigError("is required for `run`: the path of an Ed25519 private key (retention audit keygen)",
+                          source=str(config.path), key="audit.signing_key")
+    signing = load_private_key(Path(env.resolve(config.audit.signing_key)))
+    root = env.resolve(config.pseudonym_key) if config.pseudonym_key else None
+    hashed = root is not None and config.audit.record_ids == "hashed"
+    return RunKeys(signing, derive(root, TRANSFORM_LABEL) if root else None,
+                   derive(root, RECORD_ID_LABEL) if root and hashed else None)
 
 
 def _enforce(connector: Connector, work: RuleWork, report: RuleReport, audit: AuditWriter,

@@ -39,6 +39,8 @@ class RuleReport:
         }
         if with_changed:
             data["changed"] = self.changed
+        else:
+            data["statement"] = self.statement  # what each batch would run, for review
         return data
 
 
