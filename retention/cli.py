@@ -176,7 +176,7 @@ def audit_verify(state: State, paths: tuple[Path, ...], public_keys: tuple[Path,
         config = state.config
         if config.audit is None or config.audit.signing_key is None:
             raise ConfigError("no --public-key given and no audit.signing_key configured")
-        keys = [load_private_key(Path(state.env.resolve(config.audit.signing_key))).public_key()]
+        keys = [load_private_key(Path(state.env.resolve(config.audit.signing_key, secret=False))).public_key()]
     targets = list(paths) or [_audit_dir(state)]
     for target in targets:
         if not target.exists():

@@ -212,7 +212,7 @@ def _run_keys(config: Config, env: Environment) -> RunKeys:
     if config.audit.signing_key is None:
         raise ConfigError("is required for `run`: the path of an Ed25519 private key (retention audit keygen)",
                           source=str(config.path), key="audit.signing_key")
-    signing = load_private_key(Path(env.resolve(config.audit.signing_key)))
+    signing = load_private_key(Path(env.resolve(config.audit.signing_key, secret=False)))  # a path, not a secret
     root = env.resolve(config.pseudonym_key) if config.pseudonym_key else None
     hashed = root is not None and config.audit.record_ids == "hashed"
     return RunKeys(signing, derive(root, TRANSFORM_LABEL) if root else None,

@@ -62,6 +62,10 @@ def report(result: Report, fmt: str) -> str:
     title = "Run" if result.is_run else "Plan (dry run: nothing changed)"
     if result.is_run and result.dry_run:
         title = "Run with --dry-run (nothing changed)"
+    if fmt == "markdown":  # for review: the policy each rule enforces, beside its numbers
+        headers.insert(1, "policy")
+        for row, rule in zip(rows, result.rules, strict=True):
+            row.insert(1, rule.policy)
     body = markdown(headers, rows) if fmt == "markdown" else table(headers, rows)
     lines = [f"{title} as of {rfc3339(result.now)}", "", body]
     problems = [f"  {rule.name}: {rule.error}" for rule in result.rules if rule.error]

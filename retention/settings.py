@@ -37,7 +37,8 @@ class Environment:
         self.source = source
         self.revealed: set[str] = set()
 
-    def resolve(self, setting: Setting) -> str:
+    def resolve(self, setting: Setting, *, secret: bool = True) -> str:
+        """The value of a setting; unless `secret` is False, it is redacted from every later message and log."""
         if isinstance(setting, str):
             return setting
         value = self._variables.get(setting.name)
@@ -47,7 +48,8 @@ class Environment:
                 source=self.source,
                 key=setting.key,
             )
-        self.revealed.add(value)
+        if secret:
+            self.revealed.add(value)
         return value
 
 

@@ -170,3 +170,15 @@ def test_the_console_script_runs_as_installed(sandbox: Sandbox) -> None:
                             env={**os.environ, **sandbox.env()}, check=False)
     assert 0 == result.returncode, result.stderr
     assert "rules" in json.loads(result.stdout)
+
+
+def test_console_logs_are_readable_text(sandbox: Sandbox) -> None:
+    """`--log-format console` (the default on a terminal) writes key=value lines, not JSON."""
+    from click.testing import CliRunner
+
+    from retention.cli import main
+
+    result = CliRunner().invoke(main, ["--config", str(sandbox.config), "--log-format", "console", "plan"],
+                                env=sandbox.env())
+    line = next(line for line in result.stderr.splitlines() if "rule_planned" in line)
+    assert not line.startswith("{") and "rule=cookies" in line
