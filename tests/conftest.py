@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.servers import postgres_server
-from tests.stores import PostgresStore, SqliteStore, Store
+from tests.stores import MongoStore, PostgresStore, SqliteStore, Store
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 
@@ -42,12 +42,37 @@ def pg_database(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(params=["postgres", "sqlite"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """Each SQL store the connector supports, empty: the same scenarios run on every one."""
+    """Each SQL store the connector supports, empty."""
     if request.param == "postgres":
         url = request.getfixturevalue("pg_database")
         yield PostgresStore(url)
     else:
         yield SqliteStore(tmp_path / "app.db")
+
+
+@pytest.fixture(scope="session")
+def mongodb_url() -> Iterator[str]:
+    """A MongoDB wire-protocol server: MONGODB_URI, or an in-process SecantusDB started for the session."""
+    existing = os.environ.get("MONGODB_URI")
+    if existing:
+        yield existing
+        return
+    from secantus import SecantusDBServer
+
+    server = SecantusDBServer(host="127.0.0.1", port=0, storage_path=":memory:")
+    server.start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mongo_store(mongodb_url: str) -> Iterator[MongoStore]:
+    """A fresh database on the session's MongoDB server; dropped afterwards."""
+    store = MongoStore(mongodb_url, f"t_{uuid.uuid4().hex[:12]}")
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ PSEUDONYM_KEY = "test-pseudonym-root-secret-0123456789"
 CLIENTS = """
 [clients]
 connector = "app"
-table = "clients"
-id_field = "id"
+{target_key} = "clients"
+id_field = "{id_field}"
 status_field = "status"
 ended_at_field = "closed_at"
 active_statuses = ["active", "trial", "suspended"]
@@ -50,6 +50,8 @@ class Sandbox:
                 "APP_DATABASE_URL": self.store.url}
 
     def write(self, rules: str, *, extra: str = "", clients: bool = True) -> Path:
+        """Write the config with these rules; `{target}` in them becomes `table` or `collection`."""
+        rules = rules.replace("{target}", self.store.target_key)
         self.config.write_text(f"""
 [job]
 state_dir = "{self.root}/state"
@@ -65,8 +67,8 @@ pseudonym_key = "${{RETENTION_PSEUDONYM_KEY}}"
 
 [connectors.app]
 type = "{self.store.type_name}"
-url = "${{APP_DATABASE_URL}}"
-{CLIENTS if clients else ""}
+{self.store.connector_options()}
+{CLIENTS.format(target_key=self.store.target_key, id_field=self.store.id_field) if clients else ""}
 {extra}
 {rules}
 """)

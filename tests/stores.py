@@ -1,28 +1,66 @@
-"""Test-side access to the real stores: create tables, insert rows, read them back. Not our code under test."""
+"""Test-side access to the real stores: create tables, insert rows, read them back. Not our code under test.
+
+Every store speaks the same small language (insert dicts, find dicts, a fingerprint of all data), so the
+conformance scenarios in tests/conformance.py read the same whatever the store.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import subprocess
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import bson
+import pymongo
 from sqlalchemy import create_engine, text
 
 from tests.servers import postgres_bin
 
 
 class Store:
-    """A SQL database the scenarios run on; `type_name` is the connector type that reaches it."""
+    """A database the scenarios run on; `type_name` is the connector type that reaches it."""
 
     type_name = "sql"
+    target_key = "table"
+    id_field = "id"
     url: str
     timestamptz = "TIMESTAMP"
-    timestamp = "TIMESTAMP"
     inet = "TEXT"
 
+    def connector_options(self) -> str:
+        return 'url = "${APP_DATABASE_URL}"'
+
+    def ts(self, value: datetime | None) -> Any:
+        return value
+
+    def day(self, value: date) -> Any:
+        """A calendar date as the store keeps one (a DATE in SQL, a midnight UTC date in BSON)."""
+        return value
+
+    def standard_schema(self) -> None:
+        raise NotImplementedError
+
+    def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def find(self, table: str) -> list[dict[str, Any]]:
+        """Every record of `table` as a dict, by ascending id."""
+        raise NotImplementedError
+
+    def update(self, table: str, record_id: Any, values: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class SqlStore(Store):
     def __init__(self, sqlalchemy_url: str) -> None:
         self.engine = create_engine(sqlalchemy_url)
 
@@ -37,12 +75,6 @@ class Store:
     def scalar(self, sql: str, **params: Any) -> Any:
         return self.query(sql, **params)[0][0]
 
-    def ts(self, value: datetime | None) -> Any:
-        return value
-
-    def fingerprint(self) -> str:
-        raise NotImplementedError
-
     def standard_schema(self) -> None:
         """The tables the scenarios use: a client registry, cookie events, end users."""
         self.execute(f"CREATE TABLE clients (id TEXT PRIMARY KEY, status TEXT, closed_at {self.timestamptz})")
@@ -52,11 +84,28 @@ class Store:
                      f"phone TEXT, last_ip {self.inet}, birth_date DATE, signup_at {self.timestamptz}, "
                      f"anonymized_at {self.timestamptz})")
 
+    def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        for row in rows:
+            columns = ", ".join(row)
+            values = ", ".join(f":{name}" for name in row)
+            self.execute(f"INSERT INTO {table} ({columns}) VALUES ({values})",
+                         {k: self.ts(v) if isinstance(v, datetime) else v for k, v in row.items()})
+
+    def find(self, table: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(text(f"SELECT * FROM {table} ORDER BY id"))]
+
+    def update(self, table: str, record_id: Any, values: dict[str, Any]) -> None:
+        assignments = ", ".join(f"{name} = :{name}" for name in values)
+        self.execute(f"UPDATE {table} SET {assignments} WHERE id = :record_id",
+                     {**{k: self.ts(v) if isinstance(v, datetime) else v for k, v in values.items()},
+                      "record_id": record_id})
+
     def close(self) -> None:
         self.engine.dispose()
 
 
-class PostgresStore(Store):
+class PostgresStore(SqlStore):
     type_name = "postgres"
     timestamptz = "TIMESTAMPTZ"
     inet = "INET"
@@ -79,7 +128,7 @@ class PostgresStore(Store):
         return hashlib.sha256(b"\n".join(lines) + repr(versions).encode()).hexdigest()
 
 
-class SqliteStore(Store):
+class SqliteStore(SqlStore):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
@@ -93,3 +142,51 @@ class SqliteStore(Store):
     def fingerprint(self) -> str:
         self.engine.dispose()
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+class MongoStore(Store):
+    """A fresh database on a MongoDB wire-protocol server; `id` in scenarios is the document's `_id`."""
+
+    type_name = "mongodb"
+    target_key = "collection"
+    id_field = "_id"
+
+    def __init__(self, url: str, database: str) -> None:
+        self.url = url
+        self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(url, tz_aware=True)
+        self.database = self.client[database]
+
+    def connector_options(self) -> str:
+        return f'url = "${{APP_DATABASE_URL}}"\ndatabase = "{self.database.name}"'
+
+    def day(self, value: date) -> Any:
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+
+    def standard_schema(self) -> None:
+        for name in ("clients", "cookie_events", "end_users"):
+            self.database.create_collection(name)
+
+    def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        documents = [{("_id" if k == "id" else k): v for k, v in row.items()} for row in rows]
+        if documents:
+            self.database[table].insert_many(documents)
+
+    def find(self, table: str) -> list[dict[str, Any]]:
+        return [{("id" if k == "_id" else k): v for k, v in document.items()}
+                for document in self.database[table].find().sort("_id", 1)]
+
+    def update(self, table: str, record_id: Any, values: dict[str, Any]) -> None:
+        self.database[table].update_one({"_id": record_id}, {"$set": values})
+
+    def fingerprint(self) -> str:
+        """SHA-256 of every document's BSON bytes, collection by collection, in natural order."""
+        digest = hashlib.sha256()
+        for name in sorted(self.database.list_collection_names()):
+            digest.update(name.encode())
+            for document in self.database[name].find().sort("_id", 1):
+                digest.update(bson.encode(document))
+        return digest.hexdigest()
+
+    def close(self) -> None:
+        self.client.drop_database(self.database.name)
+        self.client.close()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conformance import COOKIE_RULE, add_cookies
+from tests.conftest import NOW
 from tests.helpers import Sandbox, audit_files, make_sandbox
 from tests.stores import SqliteStore
-from tests.test_sql_rules import COOKIE_RULE, add_cookies
 
 RUNS = 3
 
@@ -22,7 +23,7 @@ def audited(tmp_path: Path) -> Sandbox:
     """A sandbox on SQLite with three completed runs in its audit dir."""
     store = SqliteStore(tmp_path / "app.db")
     store.standard_schema()
-    add_cookies(store, *[timedelta(days=800 + i) for i in range(5)], timedelta(days=3))
+    add_cookies(store, NOW, *[timedelta(days=800 + i) for i in range(5)], timedelta(days=3))
     sandbox = make_sandbox(tmp_path / "sandbox", store)
     sandbox.write(COOKIE_RULE)
     for _ in range(RUNS):

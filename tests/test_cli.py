@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 
 from retention.lock import run_lock
+from tests.conformance import COOKIE_RULE, END_USER_RULE, add_cookies, seed_clients
+from tests.conftest import NOW
 from tests.helpers import PSEUDONYM_KEY, Sandbox, audit_files, make_sandbox
 from tests.stores import PostgresStore, SqliteStore, Store
-from tests.test_sql_rules import COOKIE_RULE, END_USER_RULE, add_cookies, seed_clients
 
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Sandbox:
     store = SqliteStore(tmp_path / "app.db")
     store.standard_schema()
-    add_cookies(store, timedelta(days=800), timedelta(days=10))
+    add_cookies(store, NOW, timedelta(days=800), timedelta(days=10))
     box = make_sandbox(tmp_path / "sandbox", store)
     box.write(COOKIE_RULE)
     return box
@@ -145,8 +146,8 @@ def test_no_personal_data_reaches_logs_or_audit_files(kind: str, tmp_path: Path,
     store: Store = PostgresStore(request.getfixturevalue("pg_database")) if kind == "postgres" \
         else SqliteStore(tmp_path / "app.db")
     store.standard_schema()
-    seed_clients(store)
-    add_cookies(store, timedelta(days=800))
+    seed_clients(store, NOW)
+    add_cookies(store, NOW, timedelta(days=800))
     box = make_sandbox(tmp_path / "sandbox", store)
     box.write(COOKIE_RULE + END_USER_RULE.replace('email = "redact"', 'email = "redact", full_name = "redact"', 1)
               .replace(', full_name = { redact = "X" }', ""), extra='[[holds]]\nname = "h"\nclient_ids = ["c-asked"]')

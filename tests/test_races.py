@@ -12,10 +12,10 @@ import pytest
 from connectors.sql import PostgresConnector
 from retention.config import load_config
 from retention.engine import compile_rule
+from tests.conformance import COOKIE_RULE, END_USER_RULE, add_cookies, seed_clients
 from tests.conftest import NOW
 from tests.helpers import make_sandbox
 from tests.stores import PostgresStore
-from tests.test_sql_rules import COOKIE_RULE, END_USER_RULE, add_cookies, seed_clients
 
 
 def apply_while_blocked(store: PostgresStore, rule_text: str, blocker_sql: str, tmp_path) -> list[int]:
@@ -49,7 +49,7 @@ def store(pg_store: PostgresStore) -> PostgresStore:
 
 def test_a_record_refreshed_mid_batch_is_not_deleted(store: PostgresStore, tmp_path) -> None:
     """The delete re-checks the age of the row's new version after waiting for the writer."""
-    add_cookies(store, timedelta(days=800), timedelta(days=800), timedelta(days=800))
+    add_cookies(store, NOW, timedelta(days=800), timedelta(days=800), timedelta(days=800))
     changed = apply_while_blocked(store, COOKIE_RULE,
                                   "UPDATE cookie_events SET collected_at = now() WHERE id = 1", tmp_path)
     assert [2] == changed
@@ -58,7 +58,7 @@ def test_a_record_refreshed_mid_batch_is_not_deleted(store: PostgresStore, tmp_p
 
 def test_a_client_reactivated_mid_batch_keeps_its_records(store: PostgresStore, tmp_path) -> None:
     """The anonymize waits on the registry row, then sees the client active again and leaves its users alone."""
-    seed_clients(store)
+    seed_clients(store, NOW)
     changed = apply_while_blocked(store, END_USER_RULE,
                                   "UPDATE clients SET status = 'active', closed_at = NULL WHERE id = 'c-gone'",
                                   tmp_path)

@@ -1,0 +1,271 @@
+"""MongoDB connector: server-side filters, batched delete_many / update_many with the predicate re-checked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+import pymongo
+from pymongo import UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
+
+from retention import transforms as reference
+from retention.clients import ClientStates, judge
+from retention.connector import Option
+from retention.errors import ConfigError, ConnectorError, TargetMissing
+from retention.model import Action, Batch, ClientRegistry, Counts, Selection, Transform
+from retention.redact import scrub
+from retention.transforms import KeyedHasher
+
+Filter = dict[str, Any]
+NOTHING: Filter = {"_id": {"$in": []}}  # a filter no document matches
+CLIENT_SIDE = frozenset({"hmac", "truncate_ip"})  # computed here, written back in bulk_write batches
+
+
+class MongoConnector:
+    """MongoDB collections; only BSON dates count as timestamps."""
+
+    type_name: ClassVar[str] = "mongodb"
+    description: ClassVar[str] = "MongoDB (pymongo); filters and updates run server-side"
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("url", required=True, help="a MongoDB URI, e.g. mongodb://retention@db:27017/"),
+        Option("database", required=True, help="the database that holds the collections"),
+    )
+    target_key: ClassVar[str] = "collection"
+    transforms: ClassVar[frozenset[str]] = frozenset(
+        {"null", "redact", "truncate_ip", "generalize_date", "mask", "hmac", "drop", "keep"})
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        self.name = name
+        try:
+            self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+                str(options["url"]), tz_aware=True, serverSelectionTimeoutMS=10_000, connect=False)
+        except (ConfigurationError, InvalidURI):
+            raise ConfigError("is not a valid MongoDB URI", key=f"connectors.{name}.url") from None
+        self.database = self.client[str(options["database"])]
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- targets ---------------------------------------------------------------------------------------------
+
+    def _collection(self, name: str) -> Collection[dict[str, Any]]:
+        try:
+            names = self.database.list_collection_names(filter={"name": name})
+        except PyMongoError as exc:
+            raise ConnectorError(f"cannot reach MongoDB: {_summary(exc)}") from None
+        if not names:
+            raise TargetMissing(f"collection {name} does not exist in database {self.database.name}")
+        return self.database[name]
+
+    def check(self, selection: Selection, action: Action) -> list[str]:
+        try:
+            self._collection(selection.target)
+            if selection.client:
+                self._collection(selection.client.registry.table)
+        except TargetMissing as exc:
+            return [str(exc)]
+        return []  # documents have no schema to check fields against; odd values are unknown_age
+
+    # -- filters ---------------------------------------------------------------------------------------------
+
+    def _filters(self, selection: Selection, clients: ClientStates | None) -> dict[str, Filter]:
+        """Server-side filters for each class of document; `clients` comes from the registry."""
+        expired: list[Filter] = []
+        unknown: list[Filter] = []
+        if selection.age:
+            field = selection.age.field
+            expired.append({field: {"$type": "date", "$lt": selection.age.cutoff}})
+            unknown.append({field: {"$not": {"$type": "date"}}})  # missing, null, strings, numbers
+        if selection.client and clients is not None:
+            field = selection.client.field
+            expired.append({field: {"$in": sorted(clients.expired, key=repr)}})
+            unknown.append({field: {"$nin": sorted(clients.known, key=repr)}})
+        is_expired: Filter = {"$or": expired}
+        fresh: Filter = {selection.marker: None} if selection.marker else {}
+        held = selection.held
+        if held.everything:
+            not_held, is_held = NOTHING, {}
+        elif held.client_ids and held.client_field:
+            not_held = {held.client_field: {"$nin": list(held.client_ids)}}
+            is_held = {held.client_field: {"$in": list(held.client_ids)}}
+        else:
+            not_held, is_held = {}, NOTHING
+        return {
+            "matched": _all(is_expired, not_held, fresh),
+            "held": _all(is_expired, is_held, fresh),
+            "unknown_age": _all({"$nor": [is_expired]}, {"$or": unknown}, fresh),
+        }
+
+    def _client_states(self, selection: Selection, client_ids: list[Any] | None = None) -> ClientStates | None:
+        """The registry's verdict on clients (all of them, or just `client_ids`), read now."""
+        if selection.client is None:
+            return None
+        registry: ClientRegistry = selection.client.registry
+        query: Filter = {registry.id_field: {"$in": client_ids}} if client_ids is not None else {}
+        # "_id" first, so an id_field of "_id" switches it back on
+        projection = {"_id": 0, registry.id_field: 1, registry.status_field: 1, registry.ended_at_field: 1}
+        rows = self._collection(registry.table).find(query, projection)
+        return judge(rows, registry, selection.client.ended_before)
+
+    # -- counting and changing -------------------------------------------------------------------------------
+
+    def count(self, selection: Selection) -> Counts:
+        collection = self._collection(selection.target)
+        filters = self._filters(selection, self._client_states(selection))
+        try:
+            return Counts(total=collection.count_documents({}),
+                          **{name: collection.count_documents(f) for name, f in filters.items()})
+        except PyMongoError as exc:
+            raise ConnectorError(f"count failed: {_summary(exc)}") from None
+
+    def held_ids(self, selection: Selection, batch_size: int, id_key: bytes) -> Iterator[tuple[str, ...]]:
+        key = selection.key or "_id"
+        collection = self._collection(selection.target)
+        held = self._filters(selection, self._client_states(selection))["held"]
+        hasher = KeyedHasher(id_key)
+        cursor = collection.find(held, {key: 1}, batch_size=batch_size).sort(key, 1)
+        chunk: list[str] = []
+        for document in cursor:
+            chunk.append(hasher(_get(document, key)))
+            if len(chunk) == batch_size:
+                yield tuple(chunk)
+                chunk = []
+        if chunk:
+            yield tuple(chunk)
+
+    def statement(self, selection: Selection, action: Action) -> str:
+        filters = self._filters(selection, ClientStates(frozenset({"<expired client ids>"}),
+                                                        frozenset({"<known client ids>"})))
+        matched = {"$and": [{selection.key or "_id": {"$in": "<batch keys>"}}, filters["matched"]]}
+        if action.kind == "delete":
+            return f"db.{selection.target}.deleteMany({matched!r})"
+        return f"db.{selection.target}.updateMany({matched!r}, {self._pipeline(action, {})!r})"
+
+    def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
+              id_key: bytes | None) -> Iterator[Batch]:
+        key = selection.key or "_id"
+        collection = self._collection(selection.target)
+        hasher = KeyedHasher(id_key) if id_key else None
+        remaining = limit
+        while remaining > 0:
+            try:
+                batch = self._apply_batch(collection, selection, action, key, min(batch_size, remaining))
+            except PyMongoError as exc:
+                raise ConnectorError(f"batch failed: {_summary(exc)}") from None
+            if not batch:
+                return
+            remaining -= len(batch)
+            yield Batch(len(batch), tuple(map(hasher, batch)) if hasher else ())
+
+    def _apply_batch(self, collection: Collection[dict[str, Any]], selection: Selection, action: Action,
+                     key: str, size: int) -> list[Any]:
+        """Pick up to `size` matching keys, re-judge their clients now, change those still matching."""
+        fields = {t.field: 1 for t in action.transforms if t.kind in CLIENT_SIDE}
+        client_field = selection.client.field if selection.client else None
+        projection = {key: 1, **fields, **({client_field: 1} if client_field else {})}
+        candidates = list(collection.find(self._filters(selection, self._client_states(selection))["matched"],
+                                          projection).limit(size))
+        if not candidates:
+            return []
+        keys = [_get(document, key) for document in candidates]
+        clients = None
+        if client_field:  # the registry read again, just before the change, for these clients only
+            clients = self._client_states(selection, list({_get(d, client_field) for d in candidates} - {None}))
+        still_matching = self._filters(selection, clients)["matched"]
+        chosen = _all({key: {"$in": keys}}, still_matching)
+        if action.kind == "delete":
+            changed = collection.delete_many(chosen).deleted_count
+            return keys if changed == len(keys) else _absent(collection, key, keys)
+        if fields:
+            requests = [UpdateOne(_all({key: _get(d, key)}, still_matching),
+                                  self._pipeline(action, self._client_side_values(action, d))) for d in candidates]
+            changed = collection.bulk_write(requests, ordered=False).modified_count
+        else:
+            changed = collection.update_many(chosen, self._pipeline(action, {})).modified_count
+        if changed == len(keys):
+            return keys
+        assert action.marker is not None
+        return [_get(d, key) for d in collection.find({key: {"$in": keys}, action.marker: action.marked_at},
+                                                        {key: 1})]
+
+    def _client_side_values(self, action: Action, document: Mapping[str, Any]) -> dict[str, Any]:
+        values = {}
+        for transform in action.transforms:
+            value = _get(document, transform.field)
+            if transform.kind == "hmac":
+                assert action.hmac_key is not None
+                values[transform.field] = reference.pseudonym(action.hmac_key, value)
+            elif transform.kind == "truncate_ip":
+                values[transform.field] = reference.truncate_ip(value) if isinstance(value, str) else None
+        return values
+
+    def _pipeline(self, action: Action, client_side: Mapping[str, Any]) -> list[Filter]:
+        """The update pipeline: server-side transforms, client-computed values, the marker, then $unset."""
+        assert action.marker is not None
+        values: dict[str, Any] = {}
+        for transform in action.transforms:
+            if transform.kind in CLIENT_SIDE:
+                values[transform.field] = {"$literal": client_side.get(transform.field)}
+            elif transform.kind not in ("keep", "drop"):
+                values[transform.field] = _expression(transform)
+        values[action.marker] = {"$literal": action.marked_at}
+        stages: list[Filter] = [{"$set": values}]
+        dropped = [t.field for t in action.transforms if t.kind == "drop"]
+        if dropped:
+            stages.append({"$unset": dropped})
+        return stages
+
+
+def _expression(transform: Transform) -> Any:
+    """A server-side aggregation expression for a transform."""
+    path = f"${transform.field}"
+    if transform.kind == "null":
+        return {"$literal": None}
+    if transform.kind == "redact":
+        return {"$literal": str(transform.arg)}
+    if transform.kind == "generalize_date":
+        # only a date can be generalized; anything else is removed rather than kept as it was
+        return {"$cond": [{"$eq": [{"$type": path}, "date"]}, {"$dateTrunc": {"date": path, "unit": transform.arg}},
+                          None]}
+    if transform.kind == "mask":
+        keep = int(transform.arg or 0)
+        text = {"$toString": path}
+        length = {"$strLenCP": "$$text"}
+        stars = {"$reduce": {"input": {"$range": [0, {"$max": [0, {"$subtract": ["$$length", keep]}]}]},
+                             "initialValue": "", "in": {"$concat": ["$$value", "*"]}}}
+        masked = {"$cond": [{"$gt": ["$$length", keep]},
+                            {"$concat": [stars, {"$substrCP": ["$$text", {"$subtract": ["$$length", keep]}, keep]}]},
+                            {"$reduce": {"input": {"$range": [0, "$$length"]}, "initialValue": "",
+                                         "in": {"$concat": ["$$value", "*"]}}}]}
+        scalar = {"$in": [{"$type": path}, ["string", "int", "long", "double", "decimal"]]}
+        return {"$cond": [scalar, {"$let": {"vars": {"text": text}, "in": {"$let": {
+            "vars": {"length": length}, "in": masked}}}}, None]}
+    raise ValueError(f"no server-side expression for {transform.kind}")
+
+
+def _all(*filters: Filter) -> Filter:
+    parts = [f for f in filters if f]
+    return {"$and": parts} if len(parts) > 1 else (parts[0] if parts else {})
+
+
+def _get(document: Mapping[str, Any], path: str) -> Any:
+    """A dotted path's value in a document (None when missing)."""
+    value: Any = document
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _absent(collection: Collection[dict[str, Any]], key: str, keys: list[Any]) -> list[Any]:
+    """Of `keys`, those no longer in the collection: what a delete_many that skipped some really removed."""
+    remaining = {repr(_get(d, key)) for d in collection.find({key: {"$in": keys}}, {key: 1})}
+    return [k for k in keys if repr(k) not in remaining]
+
+
+def _summary(error: PyMongoError) -> str:
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {scrub(lines[0] if lines else '')}"

@@ -1,0 +1,33 @@
+"""The conformance suite on every built-in connector, each against its real server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conformance import ConnectorConformance
+from tests.stores import MongoStore, PostgresStore, SqliteStore
+
+
+class TestPostgres(ConnectorConformance):
+    @pytest.fixture
+    def store(self, pg_database: str) -> Iterator[PostgresStore]:
+        store = PostgresStore(pg_database)
+        yield store
+        store.close()
+
+
+class TestSqlite(ConnectorConformance):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[SqliteStore]:
+        store = SqliteStore(tmp_path / "app.db")
+        yield store
+        store.close()
+
+
+class TestMongo(ConnectorConformance):
+    @pytest.fixture
+    def store(self, mongo_store: MongoStore) -> MongoStore:
+        return mongo_store
