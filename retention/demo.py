@@ -7,7 +7,8 @@ import random
 import secrets
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -88,20 +89,30 @@ marker = "deidentified_at"
 transforms = {{ email = "hmac", role = "keep" }}
 """
 
+MONGO_CONFIG = """
+[connectors.events]
+type = "mongodb"
+url = "${{DEMO_MONGODB_URL}}"          # the embedded server the demo starts (see the end of its output)
+database = "events"
+
+[[rules]]
+name = "web-sessions-24-months"
+policy = "Privacy Policy s.4: site visitor cookie data is kept for up to 24 months"
+connector = "events"
+collection = "web_sessions"
+expire = {{ after = "24 months", field = "visit.started_at" }}
+action = "delete"
+max_fraction = 0.6
+"""
+
 # (id, status, days since the account ended): ended long ago, within grace, still active, held, unknown state.
 CLIENTS = [("c-1001", "active", None), ("c-1002", "trial", None), ("c-1003", "closed", 75),
            ("c-1004", "closed", 10), ("c-1005", "deletion_requested", 45), ("c-1042", "closed", 400),
            ("c-1099", "paused", None)]
 
 
-def build(directory: Path, now: datetime, seed: int = 2026) -> Path:
-    """Create the sandbox: database, keys and config. Returns the config path."""
-    if directory.exists() and any(directory.iterdir()):
-        if not (directory / MARKER).exists():
-            raise UsageError(f"{directory} exists and was not made by `retention demo`; choose another --dir")
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    (directory / MARKER).write_text("built by retention demo; safe to delete\n")
+def build(directory: Path, now: datetime, seed: int = 2026, mongodb_url: str | None = None) -> Path:
+    """Create the sandbox: databases, keys and config. Returns the config path."""
     directory = directory.resolve()
     rng = random.Random(seed)
     with sqlite3.connect(directory / "app.db") as db:
@@ -128,9 +139,51 @@ def build(directory: Path, now: datetime, seed: int = 2026) -> Path:
     pseudonym = keys / "pseudonym.key"
     pseudonym.write_text(secrets.token_hex(32))
     pseudonym.chmod(0o600)
+    if mongodb_url:
+        _seed_mongodb(mongodb_url, now, rng)
     config = directory / "retention.toml"
-    config.write_text(CONFIG.format(dir=directory))
+    config.write_text(CONFIG.format(dir=directory) + (MONGO_CONFIG.format() if mongodb_url else ""))
     return config
+
+
+def _seed_mongodb(url: str, now: datetime, rng: random.Random) -> None:
+    """Web sessions over four years in nested documents; a few without a usable date (unknown age)."""
+    import pymongo
+
+    four_years = 4 * 365 * 24 * 60
+    client: pymongo.MongoClient[dict[str, object]]
+    with pymongo.MongoClient(url) as client:
+        sessions = client["events"]["web_sessions"]
+        sessions.insert_many([{"visit": {"started_at": now - timedelta(minutes=rng.randrange(four_years)),
+                                         "page": rng.choice(["/", "/pricing", "/docs"])},
+                               "visitor": f"v-{rng.randrange(10**6):06d}"} for _ in range(2000)])
+        sessions.insert_many([{"visit": {"started_at": "last tuesday"}, "visitor": "v-unknown"} for _ in range(2)])
+
+
+@contextmanager
+def embedded_mongodb(storage: Path) -> Iterator[str | None]:
+    """An in-process MongoDB wire-protocol server (SecantusDB) with its data in `storage`; None if not installed."""
+    try:
+        from secantus import SecantusDBServer
+    except ImportError:
+        yield None
+        return
+    server = SecantusDBServer(host="127.0.0.1", port=0, storage_path=str(storage))
+    server.start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+def _prepare(directory: Path) -> None:
+    """An empty folder marked as the demo's: an earlier demo's is replaced, anything else is refused."""
+    if directory.exists() and any(directory.iterdir()):
+        if not (directory / MARKER).exists():
+            raise UsageError(f"{directory} exists and was not made by `retention demo`; choose another --dir")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    (directory / MARKER).write_text("built by retention demo; safe to delete\n")
 
 
 def _ts(instant: datetime) -> str:
@@ -139,12 +192,23 @@ def _ts(instant: datetime) -> str:
 
 def run_demo(directory: Path, now: datetime, echo: Callable[[str], None] = print) -> int:
     """Build the sandbox, then show plan, run and verify; return the run's exit code."""
-    config_path = build(directory, now)
+    _prepare(directory)
+    with embedded_mongodb(directory.resolve() / "mongo") as mongodb_url:
+        return _run_demo(directory, now, echo, mongodb_url)
+
+
+def _run_demo(directory: Path, now: datetime, echo: Callable[[str], None], mongodb_url: str | None) -> int:
+    config_path = build(directory, now, mongodb_url=mongodb_url)
+    if mongodb_url:
+        os.environ["DEMO_MONGODB_URL"] = mongodb_url
     root = config_path.parent
     os.environ["RETENTION_PSEUDONYM_KEY"] = (root / "keys" / "pseudonym.key").read_text()
     env = Environment(source=str(config_path))
     config = load_config(config_path)
-    echo(f"Built a sandbox in {root}: SQLite database app.db, an Ed25519 key pair, retention.toml.\n")
+    stores = "a SQLite database (app.db)" + (", an embedded MongoDB (mongo/)" if mongodb_url else "")
+    echo(f"Built a sandbox in {root}: {stores}, an Ed25519 key pair and retention.toml.\n")
+    if not mongodb_url:
+        echo("(secantusdb is not installed, so the MongoDB rule is left out: pip install secantusdb)\n")
     echo("== retention plan  (a dry run: nothing changes)\n")
     echo(report(engine.plan(config, env, now), "table") + "\n")
     echo("== retention run\n")
@@ -161,10 +225,17 @@ What to open next:
   {config_path}            the rules, each citing its policy section
   {audit_file}   the signed audit log (one JSON event per line)
 Try:
-  export RETENTION_PSEUDONYM_KEY=$(cat {root}/keys/pseudonym.key)
+  export RETENTION_PSEUDONYM_KEY=$(cat {root}/keys/pseudonym.key){_mongo_hint(root, mongodb_url)}
   retention --config {config_path} plan          # nothing left to do now
   retention --config {config_path} audit show {result.run_id}
   openssl pkeyutl -verify -pubin -inkey {root}/keys/audit-public.pem -rawin \\
       -in {audit_file} -sigfile {audit_file}.sig
 """)
     return result.exit_code
+
+
+def _mongo_hint(root: Path, mongodb_url: str | None) -> str:
+    if not mongodb_url:
+        return ""
+    return (f"\n  secantusd-py --storage-path {root}/mongo --port 27018 &   # the demo's MongoDB, again"
+            "\n  export DEMO_MONGODB_URL=mongodb://127.0.0.1:27018/")

@@ -1,0 +1,118 @@
+"""What only MongoDB has: schemaless values, nested documents, any BSON key, fields to drop."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from bson import Decimal128, ObjectId
+
+from retention import transforms
+from retention.secrets import TRANSFORM_LABEL, derive
+from tests.conftest import NOW
+from tests.helpers import PSEUDONYM_KEY, Sandbox, make_sandbox
+from tests.stores import MongoStore
+
+OLD = NOW - timedelta(days=800)
+
+EVENTS_RULE = """
+[[rules]]
+name = "events"
+connector = "app"
+collection = "events"
+expire = { after = "24 months", field = "meta.seen_at" }
+action = "delete"
+max_fraction = 1.0
+"""
+
+PROFILE_RULE = """
+[[rules]]
+name = "profiles"
+connector = "app"
+collection = "profiles"
+expire = { after = "24 months", field = "updated_at" }
+action = "deidentify"
+marker = "meta.deidentified_at"
+transforms = { "contact.email" = "hmac", "contact.phone" = { mask = 2 }, "contact.ip" = "truncate_ip", notes = "drop", "seen.first" = { generalize_date = "month" } }
+max_fraction = 1.0
+"""  # noqa: E501
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, mongo_store: MongoStore) -> Sandbox:
+    return make_sandbox(tmp_path / "sandbox", mongo_store)
+
+
+def plan(sandbox: Sandbox) -> dict:
+    result = sandbox.cli("plan", "--now", "2026-11-29T03:00:00Z", "--format", "json")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    return json.loads(result.stdout)["rules"][0]
+
+
+def test_only_bson_dates_are_timestamps(sandbox: Sandbox, mongo_store: MongoStore) -> None:
+    """Missing, null, string, number, decimal and unreachable ages are unknown_age: counted, never touched."""
+    events = mongo_store.database["events"]
+    events.insert_many([
+        {"_id": ObjectId(), "meta": {"seen_at": OLD}},
+        {"_id": "text-key", "meta": {"seen_at": OLD}},
+        {"_id": 7, "meta": {"seen_at": "2020-01-01T00:00:00Z"}},
+        {"_id": 8, "meta": {"seen_at": 1577836800}},
+        {"_id": 9, "meta": {"seen_at": Decimal128("1577836800")}},
+        {"_id": 10, "meta": {"seen_at": None}},
+        {"_id": 11, "meta": {}},
+        {"_id": 12, "meta": "not a document"},
+        {"_id": 13, "meta": {"seen_at": NOW - timedelta(days=1)}},
+    ])
+    sandbox.write(EVENTS_RULE, clients=False)
+    rule = plan(sandbox)
+    assert (2, 6) == (rule["matched"], rule["unknown_age"])
+    result = sandbox.cli("run", "--now", "2026-11-29T03:00:00Z", "--format", "json")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    assert [7, 8, 9, 10, 11, 12, 13] == sorted(d["_id"] for d in events.find())
+
+
+def test_nested_fields_are_transformed_dropped_and_marked(sandbox: Sandbox, mongo_store: MongoStore) -> None:
+    """Dotted paths reach into documents: hmac, mask, truncate_ip, generalize_date, drop, and a nested marker."""
+    profiles = mongo_store.database["profiles"]
+    profiles.insert_many([
+        {"_id": 1, "updated_at": OLD, "notes": "called about invoice",
+         "contact": {"email": "ada@example.org", "phone": "5551234", "ip": "2001:db8:abcd:12::1", "name": "Ada"},
+         "seen": {"first": datetime(2020, 5, 17, 8, 30, tzinfo=UTC)}},
+        {"_id": 2, "updated_at": NOW, "notes": "recent", "contact": {"email": "bob@example.org"}},
+    ])
+    sandbox.write(PROFILE_RULE, clients=False)
+    result = sandbox.cli("run", "--now", "2026-11-29T03:00:00Z", "--format", "json")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    old, recent = profiles.find_one({"_id": 1}), profiles.find_one({"_id": 2})
+    key = derive(PSEUDONYM_KEY, TRANSFORM_LABEL)
+    assert {"email": transforms.pseudonym(key, "ada@example.org"), "phone": "*****34", "ip": "2001:db8:abcd::",
+            "name": "Ada"} == old["contact"]
+    assert "notes" not in old
+    assert datetime(2020, 5, 1, tzinfo=UTC) == old["seen"]["first"]
+    assert old["meta"]["deidentified_at"] is not None
+    assert {"email": "bob@example.org"} == recent["contact"] and "meta" not in recent
+    assert 0 == plan(sandbox)["matched"]
+
+
+def test_a_string_registry_and_key_types_mix(sandbox: Sandbox, mongo_store: MongoStore) -> None:
+    """Client ids of any BSON type are matched as stored; an ObjectId key works as the record key."""
+    database = mongo_store.database
+    gone = ObjectId()
+    database["clients"].insert_many([{"_id": gone, "status": "closed", "closed_at": NOW - timedelta(days=90)},
+                                     {"_id": 42, "status": "active", "closed_at": None}])
+    database["end_users"].insert_many([{"client_id": gone, "email": "x@example.org"},
+                                       {"client_id": 42, "email": "y@example.org"}])
+    sandbox.write("""
+[[rules]]
+name = "end-users"
+connector = "app"
+collection = "end_users"
+expire = { client_field = "client_id", grace = "30 days" }
+action = "delete"
+max_fraction = 1.0
+""")
+    result = sandbox.cli("run", "--format", "json")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    assert ["y@example.org"] == [d["email"] for d in database["end_users"].find()]
