@@ -11,6 +11,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pymongo.collection import Collection
 
 from retention import engine
 from retention.audit import generate_keypair, load_private_key, verify
@@ -151,9 +155,9 @@ def _seed_mongodb(url: str, now: datetime, rng: random.Random) -> None:
     import pymongo
 
     four_years = 4 * 365 * 24 * 60
-    client: pymongo.MongoClient[dict[str, object]]
+    client: pymongo.MongoClient[dict[str, Any]]
     with pymongo.MongoClient(url) as client:
-        sessions = client["events"]["web_sessions"]
+        sessions: Collection[dict[str, Any]] = client["events"]["web_sessions"]
         sessions.insert_many([{"visit": {"started_at": now - timedelta(minutes=rng.randrange(four_years)),
                                          "page": rng.choice(["/", "/pricing", "/docs"])},
                                "visitor": f"v-{rng.randrange(10**6):06d}"} for _ in range(2000)])
