@@ -82,7 +82,7 @@ class MongoConnector:
             field = selection.client.field
             expired.append({field: {"$in": sorted(clients.expired, key=repr)}})
             unknown.append({field: {"$nin": sorted(clients.known, key=repr)}})
-        is_expired: Filter = {"$or": expired}
+        is_expired = _any(expired)
         fresh: Filter = {selection.marker: None} if selection.marker else {}
         held = selection.held
         if held.everything:
@@ -95,7 +95,7 @@ class MongoConnector:
         return {
             "matched": _all(is_expired, not_held, fresh),
             "held": _all(is_expired, is_held, fresh),
-            "unknown_age": _all({"$nor": [is_expired]}, {"$or": unknown}, fresh),
+            "unknown_age": _all({"$nor": [is_expired]}, _any(unknown), fresh),
         }
 
     def _client_states(self, selection: Selection, client_ids: list[Any] | None = None) -> ClientStates | None:
@@ -174,7 +174,7 @@ class MongoConnector:
         if client_field:  # the registry read again, just before the change, for these clients only
             clients = self._client_states(selection, list({_get(d, client_field) for d in candidates} - {None}))
         still_matching = self._filters(selection, clients)["matched"]
-        chosen = _all({key: {"$in": keys}}, still_matching)
+        chosen = _all({key: {"$in": keys}}, still_matching)  # the key first: servers look those up by index
         if action.kind == "delete":
             changed = collection.delete_many(chosen).deleted_count
             return keys if changed == len(keys) else _absent(collection, key, keys)
@@ -246,8 +246,22 @@ def _expression(transform: Transform) -> Any:
 
 
 def _all(*filters: Filter) -> Filter:
-    parts = [f for f in filters if f]
-    return {"$and": parts} if len(parts) > 1 else (parts[0] if parts else {})
+    """The conjunction of filters, as one flat document where their keys allow (servers plan those best)."""
+    merged: Filter = {}
+    rest: list[Filter] = []
+    for part in filters:
+        for key, condition in part.items():
+            if key == "$and":
+                rest.extend(condition)
+            elif key in merged:
+                rest.append({key: condition})
+            else:
+                merged[key] = condition
+    return {**merged, "$and": rest} if rest else merged
+
+
+def _any(filters: list[Filter]) -> Filter:
+    return filters[0] if len(filters) == 1 else {"$or": filters}
 
 
 def _get(document: Mapping[str, Any], path: str) -> Any:

@@ -116,3 +116,12 @@ max_fraction = 1.0
     result = sandbox.cli("run", "--format", "json")
     assert 0 == result.exit_code, result.stdout + result.stderr
     assert ["y@example.org"] == [d["email"] for d in database["end_users"].find()]
+
+
+def test_filters_combine_flat_without_losing_a_condition() -> None:
+    """Conjunctions merge into one document; repeated keys and nested $and are kept, never overwritten."""
+    from connectors.mongodb import _all
+
+    assert {"a": 1, "b": 2} == _all({"a": 1}, {"b": 2})
+    assert {"a": 1, "$and": [{"a": 2}, {"c": 3}, {"d": 4}]} == _all({"a": 1}, {"a": 2, "$and": [{"c": 3}]},
+                                                                    {"$and": [{"d": 4}]})
