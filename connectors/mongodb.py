@@ -11,10 +11,10 @@ from pymongo.collection import Collection
 from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
 
 from retention import transforms as reference
-from retention.clients import ClientStates, judge
-from retention.connector import Option
+from retention.clients import judge
+from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
-from retention.model import Action, Batch, ClientRegistry, Counts, Selection, Transform
+from retention.model import Action, Batch, ClientRegistry, ClientStates, Counts, Selection, Transform
 from retention.redact import scrub
 from retention.transforms import KeyedHasher
 
@@ -23,7 +23,7 @@ NOTHING: Filter = {"_id": {"$in": []}}  # a filter no document matches
 CLIENT_SIDE = frozenset({"hmac", "truncate_ip"})  # computed here, written back in bulk_write batches
 
 
-class MongoConnector:
+class MongoConnector(ConnectorDefaults):
     """MongoDB collections; only BSON dates count as timestamps."""
 
     type_name: ClassVar[str] = "mongodb"
@@ -59,10 +59,15 @@ class MongoConnector:
             raise TargetMissing(f"collection {name} does not exist in database {self.database.name}")
         return self.database[name]
 
+    def client_rows(self, registry: ClientRegistry) -> Iterator[Mapping[str, Any]]:
+        # "_id" first, so an id_field of "_id" switches it back on
+        projection = {"_id": 0, registry.id_field: 1, registry.status_field: 1, registry.ended_at_field: 1}
+        yield from self._collection(registry.table).find({}, projection)
+
     def check(self, selection: Selection, action: Action) -> list[str]:
         try:
             self._collection(selection.target)
-            if selection.client:
+            if selection.client and selection.client.registry.connector == self.name:
                 self._collection(selection.client.registry.table)
         except TargetMissing as exc:
             return [str(exc)]
@@ -102,6 +107,8 @@ class MongoConnector:
         """The registry's verdict on clients (all of them, or just `client_ids`), read now."""
         if selection.client is None:
             return None
+        if selection.client.states is not None:  # the registry lives in another store; the run read it
+            return selection.client.states
         registry: ClientRegistry = selection.client.registry
         query: Filter = {registry.id_field: {"$in": client_ids}} if client_ids is not None else {}
         # "_id" first, so an id_field of "_id" switches it back on

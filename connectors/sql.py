@@ -29,14 +29,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
 from connectors.sql_dialects import SqlDialect, SqliteDialect, dialect_for, is_timestamp
-from retention.connector import Option
+from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
 from retention.model import Action, Batch, ClientRegistry, Counts, Selection
 from retention.redact import scrub
 from retention.transforms import KeyedHasher
 
 
-class SqlConnector:
+class SqlConnector(ConnectorDefaults):
     """Any database SQLAlchemy can reach; every transform server-side on PostgreSQL and SQLite."""
 
     type_name: ClassVar[str] = "sql"
@@ -111,7 +111,8 @@ class SqlConnector:
                                     "timestamptz or date column")
             if selection.client:
                 self._column(table, selection.client.field, "expire.client_field")
-                problems += self._check_registry(selection.client.registry)
+                if selection.client.registry.connector == self.name:
+                    problems += self._check_registry(selection.client.registry)
             if action.marker:
                 marker = self._column(table, action.marker, "marker")
                 if not marker.nullable:
@@ -170,10 +171,22 @@ class SqlConnector:
             "unknown_age": and_(not_(is_expired), or_(*unknown), fresh),
         }
 
+    def client_rows(self, registry: ClientRegistry) -> Iterator[Mapping[str, Any]]:
+        table = self.table(registry.table)
+        fields = [table.c[f] for f in (registry.id_field, registry.status_field, registry.ended_at_field)]
+        with self.engine.connect() as connection:
+            for row in connection.execution_options(stream_results=True, yield_per=5000).execute(select(*fields)):
+                yield dict(row._mapping)
+
     def _client_predicates(self, table: Any, selection: Selection, locking: bool) -> tuple[ColumnElement[bool], ...]:
         """Expired: every registry row of the client ended before the cutoff. Known: some row has a usable state."""
         assert selection.client is not None
         registry = selection.client.registry
+        if selection.client.states is not None:  # the registry lives in another store: its verdict, as lists
+            client = table.c[selection.client.field]
+            states = selection.client.states
+            return (and_(client.is_not(None), client.in_(sorted(states.expired, key=repr))),
+                    and_(client.is_not(None), client.in_(sorted(states.known, key=repr))))
         clients = self.table(registry.table).alias("registry")
         status, ended_at = clients.c[registry.status_field], clients.c[registry.ended_at_field]
         same_client = clients.c[registry.id_field] == table.c[selection.client.field]

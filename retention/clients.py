@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from retention.model import ClientRegistry
-
-
-@dataclass(frozen=True)
-class ClientStates:
-    """Client ids whose records have expired, and ids in a usable state (active, or ended with a date)."""
-
-    expired: frozenset[Any]
-    known: frozenset[Any]
+from retention.model import ClientRegistry, ClientStates
 
 
 def judge(rows: Iterable[Mapping[str, Any]], registry: ClientRegistry, ended_before: datetime) -> ClientStates:

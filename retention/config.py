@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tomllib
@@ -80,6 +81,7 @@ class Rule:
     max_fraction: float
     max_records: int | None
     batch_size: int | None
+    scope: dict[str, Any] = dataclasses.field(default_factory=dict)  # connector-specific target keys (S3: prefix)
 
     @property
     def client_field(self) -> str | None:
@@ -290,8 +292,13 @@ def _rule(section: Section, connectors: dict[str, ConnectorConfig], types: dict[
     if not target:
         raise section.error(kind.target_key, f"is required: the {kind.target_key} this rule enforces on a "
                                              f"{kind.type_name} connector")
-    expire = _expire(section, clients)
+    scope: dict[str, Any] = {option.name: section.get(option.name, option.kind, option.default)
+                             for option in kind.rule_options}
+    expire = _expire(section, clients, kind, scope.get("client_key"))
     action = section.choice("action", ACTIONS)
+    if action not in kind.actions:
+        raise section.error("action", f'action = "{action}" is not possible on a {kind.type_name} connector: '
+                                      f"{kind.actions_note}")
     marker = section.get("marker", str, None)
     transforms = _transforms(section, action, kind)
     if action == "delete" and (marker or transforms):
@@ -328,19 +335,28 @@ def _rule(section: Section, connectors: dict[str, ConnectorConfig], types: dict[
         max_fraction=max_fraction,
         max_records=max_records,
         batch_size=_positive(section, "batch_size", None),
+        scope=scope,
     )
     section.done()
     return rule
 
 
-def _expire(rule: Section, clients: ClientRegistry | None) -> Expire:
+def _expire(rule: Section, clients: ClientRegistry | None, kind: ConnectorType, client_key: str | None) -> Expire:
     section = rule.section("expire", required=True)
     assert section is not None
     after = section.parsed("after", parse_duration, None)
     field = section.get("field", str, None)
-    client_field = section.get("client_field", str, None)
+    client_field = section.get("client_field", str, None) if not client_key else None
     grace = section.parsed("grace", parse_duration, None)
     section.done()
+    if client_key:
+        # on S3 the client id is read from the object key: the pattern stands in for the client field
+        if "{client_id}" not in client_key:
+            raise rule.error("client_key", f'expected a key pattern with {{client_id}}, e.g. "clients/{{client_id}}/", '
+                                           f"got {client_key!r}")
+        client_field = client_key
+    if after is not None and field is None:
+        field = kind.default_age_field
     if after is None and client_field is None:
         raise section.error(None, 'expected `after` + `field` (an age rule) and/or `client_field` '
                                   '(a client-lifetime rule), e.g. { after = "24 months", field = "collected_at" }')

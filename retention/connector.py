@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from retention.errors import ConfigError
-from retention.model import Action, Batch, Counts, Selection
+from retention.model import Action, Batch, ClientRegistry, Counts, Selection
 
 ENTRY_POINT_GROUP = "retention.connectors"
 
@@ -34,8 +34,16 @@ class Connector(Protocol):
     target_key: ClassVar[str]  # the rule key that names a target: "table", "collection" or "bucket"
     transforms: ClassVar[frozenset[str]]  # transform kinds this store can apply
     description: ClassVar[str]
+    actions: ClassVar[frozenset[str]]  # delete, anonymize, deidentify: what this store can do to a record
+    actions_note: ClassVar[str]  # why an action is missing, for the config error
+    rule_options: ClassVar[tuple[Option, ...]]  # extra rule keys for the target, e.g. S3's prefix
+    default_age_field: ClassVar[str | None]  # the age field when a rule names none (S3: LastModified)
 
     def close(self) -> None: ...
+
+    def client_rows(self, registry: ClientRegistry) -> Iterator[Mapping[str, Any]]:
+        """Every row of the client registry held in this store (id, status and ended-at fields)."""
+        ...
 
     def check(self, selection: Selection, action: Action) -> list[str]:
         """Problems that would stop the rule: missing target or field, unusable type. Empty when fine."""
@@ -66,8 +74,21 @@ class ConnectorType(Protocol):
     target_key: str
     transforms: frozenset[str]
     description: str
+    actions: frozenset[str]
+    actions_note: str
+    rule_options: tuple[Option, ...]
+    default_age_field: str | None
 
     def __call__(self, name: str, options: Mapping[str, Any]) -> Connector: ...
+
+
+class ConnectorDefaults:
+    """Class-level defaults a connector may inherit: every action, no extra rule keys, no default age field."""
+
+    actions: ClassVar[frozenset[str]] = frozenset({"delete", "anonymize", "deidentify"})
+    actions_note: ClassVar[str] = ""
+    rule_options: ClassVar[tuple[Option, ...]] = ()
+    default_age_field: ClassVar[str | None] = None
 
 
 @cache  # scanning installed distributions is slow, and they do not change while we run

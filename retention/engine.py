@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from retention import __version__
 from retention.audit import AuditWriter, fingerprint, load_private_key
+from retention.clients import judge
 from retention.config import Config, Rule
 from retention.connector import Connector, connector_type
 from retention.errors import AuditError, ConfigError, RetentionError, UsageError
@@ -55,8 +56,19 @@ def compile_rule(config: Config, rule: Rule, now: datetime, hmac_key: bytes | No
     client = None
     if rule.expire.client_field and config.clients and rule.expire.grace:
         client = ClientCondition(rule.expire.client_field, config.clients, rule.expire.grace.before(now))
-    return RuleWork(rule, Selection(rule.target, rule.key, age, client, held_scope(config, rule, now), rule.marker),
-                    Action(rule.action, rule.marker, rule.transforms, now, hmac_key))
+    selection = Selection(rule.target, rule.key, age, client, held_scope(config, rule, now), rule.marker,
+                          dict(rule.scope))
+    return RuleWork(rule, selection, Action(rule.action, rule.marker, rule.transforms, now, hmac_key))
+
+
+def with_registry(work: RuleWork, connectors: dict[str, Connector]) -> RuleWork:
+    """Give a rule the registry's verdict on clients when the registry lives in another store than its records."""
+    client = work.selection.client
+    if client is None or client.registry.connector == work.rule.connector:
+        return work
+    rows = connectors[client.registry.connector].client_rows(client.registry)
+    states = judge(rows, client.registry, client.ended_before)
+    return replace(work, selection=replace(work.selection, client=replace(client, states=states)))
 
 
 def held_scope(config: Config, rule: Rule, now: datetime) -> HeldScope:
@@ -108,19 +120,21 @@ def _rule_report(work: RuleWork) -> RuleReport:
     return RuleReport(rule.name, rule.policy, rule.connector, rule.target, rule.action, cutoff)
 
 
-def _assess(connector: Connector, work: RuleWork, report: RuleReport) -> Counts | None:
-    """Check the target and count; fill the report. None when the rule cannot go on."""
+def _assess(connectors: dict[str, Connector], work: RuleWork, report: RuleReport) -> tuple[RuleWork, Counts | None]:
+    """Check the target and count; fill the report. No counts when the rule cannot go on."""
+    connector = connectors[work.rule.connector]
     problems = connector.check(work.selection, work.action)
     if problems:
         report.status, report.error = ERROR, "; ".join(problems)
-        return None
+        return work, None
+    work = with_registry(work, connectors)
     counts = connector.count(work.selection)
     report.total, report.matched, report.held, report.unknown_age = (counts.total, counts.matched, counts.held,
                                                                      counts.unknown_age)
     report.statement = connector.statement(work.selection, work.action)
     if reason := threshold_reason(work.rule, counts):
         report.status, report.error = OVER_THRESHOLD, reason
-    return counts
+    return work, counts
 
 
 def plan(config: Config, env: Environment, now: datetime, rule_names: Sequence[str] = ()) -> Report:
@@ -134,7 +148,7 @@ def plan(config: Config, env: Environment, now: datetime, rule_names: Sequence[s
             report.rules.append(rule_report)
             started = time.monotonic()
             try:
-                _assess(connectors[rule.connector], work, rule_report)
+                _assess(connectors, work, rule_report)
             except RetentionError as exc:
                 rule_report.status, rule_report.error = ERROR, str(exc)
             rule_report.duration_ms = int((time.monotonic() - started) * 1000)
@@ -173,7 +187,7 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
             for work in works:
                 rule_report = _rule_report(work)
                 report.rules.append(rule_report)
-                _enforce(connectors[work.rule.connector], work, rule_report, audit, id_key, config, dry_run)
+                _enforce(connectors, work, rule_report, audit, id_key, config, dry_run)
         except KeyboardInterrupt:
             report.interrupted = True
             failed = report.rules[-1] if report.rules else None
@@ -219,7 +233,7 @@ def _run_keys(config: Config, env: Environment) -> RunKeys:
                    derive(root, RECORD_ID_LABEL) if root and hashed else None)
 
 
-def _enforce(connector: Connector, work: RuleWork, report: RuleReport, audit: AuditWriter,
+def _enforce(connectors: dict[str, Connector], work: RuleWork, report: RuleReport, audit: AuditWriter,
              id_key: bytes | None, config: Config, dry_run: bool) -> None:
     """One rule: assess, then change batch by batch; a failure is recorded and the run goes on."""
     rule = work.rule
@@ -228,7 +242,8 @@ def _enforce(connector: Connector, work: RuleWork, report: RuleReport, audit: Au
                 cutoff=rfc3339(report.cutoff) if report.cutoff else None, holds=list(work.selection.held.holds))
     started = time.monotonic()
     try:
-        counts = _assess(connector, work, report)
+        connector = connectors[rule.connector]
+        work, counts = _assess(connectors, work, report)
         if counts is None:
             raise _RuleProblem(report.error or "")
         if report.status == OVER_THRESHOLD:

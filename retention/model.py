@@ -40,12 +40,25 @@ class AgeCondition:
 
 
 @dataclass(frozen=True)
+class ClientStates:
+    """Client ids whose records have expired, and ids in a usable state (active, or ended with a date)."""
+
+    expired: frozenset[Any]
+    known: frozenset[Any]
+
+
+@dataclass(frozen=True)
 class ClientCondition:
-    """Expired when the owning client (by `field`) has ended before `ended_before`."""
+    """Expired when the owning client (by `field`) has ended before `ended_before`.
+
+    `states` is the registry's verdict read by the run when the registry lives in another store; a store that
+    holds the registry itself reads it at the moment of change instead.
+    """
 
     field: str
     registry: ClientRegistry
     ended_before: datetime
+    states: ClientStates | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,7 @@ class Selection:
     client: ClientCondition | None
     held: HeldScope = field(default_factory=HeldScope)
     marker: str | None = None  # records with a marker set were already processed
+    scope: dict[str, Any] = field(default_factory=dict)  # connector-specific target keys (S3: prefix)
 
 
 @dataclass(frozen=True)
@@ -103,5 +117,5 @@ class Batch:
     ids: tuple[str, ...] = ()
 
 
-__all__ = ["Action", "AgeCondition", "Batch", "ClientCondition", "ClientRegistry", "Counts", "Duration",
+__all__ = ["Action", "AgeCondition", "Batch", "ClientCondition", "ClientRegistry", "ClientStates", "Counts", "Duration",
            "HeldScope", "Selection", "Transform"]
