@@ -57,7 +57,7 @@ def compile_rule(config: Config, rule: Rule, now: datetime, hmac_key: bytes | No
     if rule.expire.client_field and config.clients and rule.expire.grace:
         client = ClientCondition(rule.expire.client_field, config.clients, rule.expire.grace.before(now))
     selection = Selection(rule.target, rule.key, age, client, held_scope(config, rule, now), rule.marker,
-                          dict(rule.scope))
+                          dict(rule.scope), now)
     return RuleWork(rule, selection, Action(rule.action, rule.marker, rule.transforms, now, hmac_key))
 
 

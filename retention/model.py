@@ -86,6 +86,7 @@ class Selection:
     held: HeldScope = field(default_factory=HeldScope)
     marker: str | None = None  # records with a marker set were already processed
     scope: dict[str, Any] = field(default_factory=dict)  # connector-specific target keys (S3: prefix)
+    now: datetime | None = None  # the evaluation instant, for stores that judge locks themselves (S3)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.servers import postgres_server
+from tests.servers import moto_server, postgres_server, seaweedfs_server
 from tests.stores import MongoStore, PostgresStore, SqliteStore, Store
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -48,6 +48,30 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         yield PostgresStore(url)
     else:
         yield SqliteStore(tmp_path / "app.db")
+
+
+# S3 servers take any credentials; SeaweedFS makes these its admin identity (needed for governance bypass refusals).
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "retention-test-admin")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "retention-test-secret-key")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto's S3 server over HTTP, for the session (RETENTION_TEST_S3_URL points at another S3 instead)."""
+    existing = os.environ.get("RETENTION_TEST_S3_URL")
+    if existing:
+        yield existing
+        return
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_url() -> Iterator[str]:
+    """A real S3 server (SeaweedFS) for the session: Object Lock semantics exactly like AWS."""
+    with seaweedfs_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

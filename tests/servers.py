@@ -9,6 +9,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -69,6 +70,65 @@ def postgres_server() -> Iterator[str]:
         process.terminate()
         try:
             process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """Yield the endpoint URL of moto's S3 server, in its own process, on a free port."""
+    port = free_port()
+    base = Path(tempfile.mkdtemp(prefix="rmoto-"))
+    log = base / "moto.log"
+    executable = Path(sys.executable).parent / "moto_server"
+    process = subprocess.Popen([str(executable), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=open(log, "wb"))  # noqa: SIM115
+    try:
+        _wait_for_port(port, process, "moto_server", log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def seaweedfs_server() -> Iterator[str]:
+    """Yield the S3 endpoint of a SeaweedFS `weed mini` server (every port explicit), stopped by its PID.
+
+    The admin identity comes from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, which must be set before it starts.
+    """
+    base = Path(tempfile.mkdtemp(prefix="rweed-"))
+    log = base / "weed.log"
+    ports = {name: free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc",
+                                            "s3", "s3.grpc", "admin")}
+    executable = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    command = [executable, f"-logdir={base}", "mini", f"-dir={base}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               "-master.telemetry=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+               "-webdav=false", *[f"-{name.replace('.grpc', '.port.grpc') if '.grpc' in name else name + '.port'}="
+                                  f"{port}" for name, port in ports.items()]]
+    process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    try:
+        _wait_for_port(ports["s3"], process, "SeaweedFS", log, timeout=60)
+        time.sleep(0.5)
+        yield f"http://127.0.0.1:{ports['s3']}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

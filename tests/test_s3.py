@@ -1,0 +1,251 @@
+"""The S3 connector over HTTP: moto's server for listing and deleting, SeaweedFS for Object Lock."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from click.testing import CliRunner, Result
+
+from connectors.s3 import S3Connector, S3Record
+from retention.audit import generate_keypair
+from retention.cli import main
+from retention.secrets import RECORD_ID_LABEL, derive
+from retention.transforms import pseudonym
+from tests.helpers import PSEUDONYM_KEY
+from tests.stores import SqliteStore
+
+OLD = "2020-01-01T00:00:00Z"
+RULE = """
+[[rules]]
+name = "uploads"
+connector = "files"
+bucket = "{bucket}"
+prefix = "uploads/"
+expire = {{ after = "24 months", field = "{field}" }}
+action = "delete"
+max_fraction = 1.0
+"""
+
+
+class S3Sandbox:
+    """A config with an S3 connector and a fresh bucket on the given endpoint."""
+
+    def __init__(self, root: Path, endpoint: str, *, versioned: bool = False, locked: bool = False) -> None:
+        self.root, self.endpoint = root, endpoint
+        root.mkdir(parents=True, exist_ok=True)
+        generate_keypair(root / "private.pem", root / "public.pem")
+        self.s3 = boto3.client("s3", endpoint_url=endpoint)
+        self.bucket = f"b-{uuid.uuid4().hex[:12]}"
+        self.s3.create_bucket(Bucket=self.bucket, **({"ObjectLockEnabledForBucket": True} if locked else {}))
+        if versioned and not locked:
+            self.s3.put_bucket_versioning(Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
+
+    def put(self, key: str, *, collected_at: str | None = None, tag: str | None = None, **extra: Any) -> str:
+        metadata = {"collected-at": collected_at} if collected_at is not None else {}
+        tagging = {"Tagging": f"collected-at={tag}"} if tag is not None else {}
+        return str(self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"x", Metadata=metadata, **tagging,
+                                      **extra).get("VersionId"))
+
+    def keys(self) -> list[str]:
+        return sorted(o["Key"] for o in self.s3.list_objects_v2(Bucket=self.bucket).get("Contents", []))
+
+    def versions(self) -> tuple[list[str], list[str]]:
+        listing = self.s3.list_object_versions(Bucket=self.bucket)
+        return (sorted(v["Key"] for v in listing.get("Versions", [])),
+                sorted(m["Key"] for m in listing.get("DeleteMarkers", [])))
+
+    def write(self, rules: str, extra: str = "") -> None:
+        (self.root / "retention.toml").write_text(f"""
+[job]
+state_dir = "{self.root}/state"
+batch_size = 2
+[audit]
+dir = "{self.root}/audit"
+signing_key = "{self.root}/private.pem"
+record_ids = "hashed"
+[secrets]
+pseudonym_key = "${{RETENTION_PSEUDONYM_KEY}}"
+[connectors.files]
+type = "s3"
+endpoint_url = "{self.endpoint}"
+region = "us-east-1"
+{extra}
+{rules}""")
+
+    def cli(self, *args: str) -> Result:
+        return CliRunner().invoke(main, ["--config", str(self.root / "retention.toml"), "--log-format", "json", *args],
+                                  env={"RETENTION_PSEUDONYM_KEY": PSEUDONYM_KEY}, catch_exceptions=False)
+
+    def plan(self) -> dict[str, Any]:
+        result = self.cli("plan", "--format", "json")
+        assert result.exit_code in (0, 3), result.stdout + result.stderr
+        return json.loads(result.stdout)["rules"][0]  # type: ignore[no-any-return]
+
+    def run(self, *args: str, expect: int = 0) -> dict[str, Any]:
+        result = self.cli("run", "--format", "json", *args)
+        assert expect == result.exit_code, result.stdout + result.stderr
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def moto(tmp_path: Path, moto_url: str) -> S3Sandbox:
+    return S3Sandbox(tmp_path / "sandbox", moto_url)
+
+
+def test_last_modified_ages_objects_under_the_prefix_only(moto: S3Sandbox) -> None:
+    """Without `field`, the age is LastModified; keys outside the prefix are never looked at."""
+    for key in ("uploads/a", "uploads/b", "other/c"):
+        moto.put(key)
+    time.sleep(1.1)
+    now = datetime.now(UTC)
+    moto.write(RULE.format(bucket=moto.bucket, field="LastModified").replace('after = "24 months", ', 'after = "0 days", ')
+               .replace(', field = "LastModified"', ""))
+    report = moto.run("--now", now.isoformat())
+    assert (2, 2) == (report["rules"][0]["matched"], report["rules"][0]["changed"])
+    assert ["other/c"] == moto.keys()
+
+
+def test_metadata_ages_in_rfc3339_or_epoch_and_unknowns(moto: S3Sandbox) -> None:
+    """metadata:NAME is read as RFC 3339 or epoch seconds; missing or unparseable is unknown_age, untouched."""
+    moto.put("uploads/rfc", collected_at=OLD)
+    moto.put("uploads/epoch", collected_at="1577836800")
+    moto.put("uploads/fresh", collected_at=datetime.now(UTC).isoformat())
+    moto.put("uploads/garbage", collected_at="last tuesday")
+    moto.put("uploads/none")
+    moto.write(RULE.format(bucket=moto.bucket, field="metadata:collected-at"))
+    rule = moto.plan()
+    assert (2, 2, 5) == (rule["matched"], rule["unknown_age"], rule["total"])
+    moto.run()
+    assert ["uploads/fresh", "uploads/garbage", "uploads/none"] == moto.keys()
+
+
+def test_tag_ages(moto: S3Sandbox) -> None:
+    """tag:NAME reads the object's tag."""
+    moto.put("uploads/old", tag=OLD)
+    moto.put("uploads/new", tag=datetime.now(UTC).isoformat())
+    moto.write(RULE.format(bucket=moto.bucket, field="tag:collected-at"))
+    assert 1 == moto.plan()["matched"]
+    moto.run()
+    assert ["uploads/new"] == moto.keys()
+
+
+def test_versions_are_judged_one_by_one_and_nothing_recoverable_remains(tmp_path: Path, moto_url: str) -> None:
+    """Each version is a record; a key whose versions all expire loses every version and its delete markers."""
+    box = S3Sandbox(tmp_path / "sandbox", moto_url, versioned=True)
+    box.put("uploads/gone", collected_at=OLD)
+    box.put("uploads/gone", collected_at=OLD)
+    box.s3.delete_object(Bucket=box.bucket, Key="uploads/gone")  # a plain delete: only a marker, recoverable
+    box.put("uploads/mixed", collected_at=OLD)
+    box.put("uploads/mixed", collected_at=datetime.now(UTC).isoformat())
+    box.write(RULE.format(bucket=box.bucket, field="metadata:collected-at"))
+    rule = box.plan()
+    assert (3, 4) == (rule["matched"], rule["total"])
+    report = box.run()
+    assert 3 == report["rules"][0]["changed"]
+    assert (["uploads/mixed"], []) == box.versions()
+
+
+def test_anonymize_on_s3_is_a_config_error_that_says_why(moto: S3Sandbox) -> None:
+    """Objects are deleted, not rewritten: anonymize and deidentify are refused before anything connects."""
+    moto.write(RULE.format(bucket=moto.bucket, field="LastModified").replace(
+        'action = "delete"', 'action = "anonymize"\nmarker = "m"\ntransforms = { a = "null" }'))
+    result = moto.cli("check", "--offline")
+    assert 2 == result.exit_code
+    assert 'action = "anonymize" is not possible on a s3 connector: S3 objects are deleted, not rewritten' in \
+        result.stderr
+
+
+def test_a_missing_bucket_fails_the_rule(moto: S3Sandbox) -> None:
+    """A bucket that does not exist is a rule failure (exit 1), named in the report."""
+    moto.write(RULE.format(bucket="no-such-bucket-here", field="LastModified"))
+    report = moto.run(expect=1)
+    assert "bucket no-such-bucket-here does not exist" in report["rules"][0]["error"]
+
+
+def test_thresholds_apply_to_objects(moto: S3Sandbox) -> None:
+    """max_fraction counts objects: 2 of 3 expired is over 0.5, so nothing is deleted (exit 3)."""
+    moto.put("uploads/a", collected_at=OLD)
+    moto.put("uploads/b", collected_at=OLD)
+    moto.put("uploads/c", collected_at=datetime.now(UTC).isoformat())
+    moto.write(RULE.format(bucket=moto.bucket, field="metadata:collected-at").replace("max_fraction = 1.0",
+                                                                                      "max_fraction = 0.5"))
+    moto.run(expect=3)
+    assert 3 == len(moto.keys())
+
+
+def test_client_lifetime_from_the_key_with_the_registry_in_sql(moto: S3Sandbox, tmp_path: Path) -> None:
+    """client_key reads the client id from the key; the registry lives in another store (SQLite here)."""
+    registry = SqliteStore(tmp_path / "registry.db")
+    registry.execute("CREATE TABLE clients (id TEXT PRIMARY KEY, status TEXT, closed_at DATETIME)")
+    registry.insert("clients", [{"id": "c-gone", "status": "closed", "closed_at": datetime.now(UTC) - timedelta(90)},
+                                {"id": "c-live", "status": "active", "closed_at": None}])
+    for key in ("uploads/clients/c-gone/a.pdf", "uploads/clients/c-gone/b.pdf", "uploads/clients/c-live/c.pdf",
+                "uploads/clients/c-unknown/d.pdf", "uploads/stray.txt"):
+        moto.put(key)
+    moto.write(f"""
+[[rules]]
+name = "client-files"
+connector = "files"
+bucket = "{moto.bucket}"
+prefix = "uploads/clients/"
+client_key = "uploads/clients/{{client_id}}/"
+expire = {{ grace = "30 days" }}
+action = "delete"
+max_fraction = 1.0
+""", extra=f'[connectors.registry]\ntype = "sql"\nurl = "sqlite:///{tmp_path}/registry.db"\n'
+            '[clients]\nconnector = "registry"\ntable = "clients"\nended_at_field = "closed_at"\n'
+            'active_statuses = ["active"]\nended_statuses = ["closed"]\n')
+    rule = moto.plan()
+    assert (2, 1, 4) == (rule["matched"], rule["unknown_age"], rule["total"])
+    moto.run()
+    assert ["uploads/clients/c-live/c.pdf", "uploads/clients/c-unknown/d.pdf", "uploads/stray.txt"] == moto.keys()
+
+
+def test_per_key_errors_are_counted_not_hidden(tmp_path: Path, seaweedfs_url: str) -> None:
+    """A DeleteObjects answer with per-key errors reports them by code, and deletes what it could."""
+    box = S3Sandbox(tmp_path / "sandbox", seaweedfs_url, locked=True)
+    locked = box.put("uploads/locked", ObjectLockLegalHoldStatus="ON")
+    free = box.put("uploads/free")
+    connector = S3Connector("files", {"endpoint_url": seaweedfs_url, "region": "us-east-1"})
+    now = datetime.now(UTC)
+    deleted, failed = connector._delete(box.bucket, [S3Record("uploads/locked", locked, now),
+                                                     S3Record("uploads/free", free, now)])
+    connector.close()
+    assert (["uploads/free"], {"AccessDenied": 1}) == ([r.key for r in deleted], failed)
+
+
+@pytest.fixture
+def locked(tmp_path: Path, seaweedfs_url: str) -> Iterator[S3Sandbox]:
+    box = S3Sandbox(tmp_path / "sandbox", seaweedfs_url, locked=True)
+    yield box
+    for version in box.s3.list_object_versions(Bucket=box.bucket).get("Versions", []):
+        box.s3.put_object_legal_hold(Bucket=box.bucket, Key=version["Key"], VersionId=version["VersionId"],
+                                     LegalHold={"Status": "OFF"})
+
+
+def test_object_lock_is_held_never_bypassed(locked: S3Sandbox) -> None:
+    """Versions under COMPLIANCE or GOVERNANCE retention or a legal hold are held, named in the sidecar, kept."""
+    until = datetime.now(UTC) + timedelta(minutes=5)
+    locked.put("uploads/compliance", collected_at=OLD, ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=until)
+    locked.put("uploads/governance", collected_at=OLD, ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=until)
+    locked.put("uploads/legal-hold", collected_at=OLD, ObjectLockLegalHoldStatus="ON")
+    locked.put("uploads/plain", collected_at=OLD)
+    locked.write(RULE.format(bucket=locked.bucket, field="metadata:collected-at"))
+    rule = locked.plan()
+    assert (1, 3) == (rule["matched"], rule["held"])
+    report = locked.run()
+    assert ("ok", 1) == (report["rules"][0]["status"], report["rules"][0]["changed"])
+    assert ["uploads/compliance", "uploads/governance", "uploads/legal-hold"] == locked.versions()[0]
+    sidecar = Path(report["audit_file"].replace(".jsonl", ".ids")).read_text().splitlines()
+    key = derive(PSEUDONYM_KEY, RECORD_ID_LABEL)
+    held = {line.split()[2] for line in sidecar if line.startswith("held ")}
+    versions = locked.s3.list_object_versions(Bucket=locked.bucket)["Versions"]
+    assert {pseudonym(key, f"{v['Key']}?versionId={v['VersionId']}") for v in versions} == held
