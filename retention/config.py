@@ -33,10 +33,21 @@ class JobConfig:
 
 
 @dataclass(frozen=True)
+class WormConfig:
+    """Where signed run files are also written, under COMPLIANCE-mode Object Lock for `retain_days`."""
+
+    connector: str
+    bucket: str
+    prefix: str
+    retain_days: int
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     dir: Path
     signing_key: Setting | None
     record_ids: str  # hashed | none
+    worm: WormConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +158,13 @@ def _parse(top: Section, path: Path, sha256: str) -> Config:
         raise ConfigError('record_ids = "hashed" needs secrets.pseudonym_key', source=top.source,
                           key="audit.record_ids")
     if audit and audit.record_ids == "":
-        audit = AuditConfig(audit.dir, audit.signing_key, "hashed" if pseudonym_key else "none")
+        audit = dataclasses.replace(audit, record_ids="hashed" if pseudonym_key else "none")
+    if audit and audit.worm and connectors.get(audit.worm.connector, None) is None:
+        raise ConfigError(f"unknown connector {audit.worm.connector!r}; defined: {', '.join(connectors)}",
+                          source=top.source, key="audit.s3.connector")
+    if audit and audit.worm and connectors[audit.worm.connector].type != "s3":
+        raise ConfigError("the WORM copy needs an s3 connector (S3 Object Lock keeps it unalterable)",
+                          source=top.source, key="audit.s3.connector")
     return Config(path, sha256, job, audit, pseudonym_key, connectors, clients, holds, rules)
 
 
@@ -172,10 +189,19 @@ def _job(section: Section | None) -> JobConfig:
 def _audit(section: Section | None) -> AuditConfig | None:
     if section is None:
         return None
+    worm_section = section.section("s3")
+    worm = None
+    if worm_section is not None:
+        worm = WormConfig(worm_section.get("connector", str), worm_section.get("bucket", str),
+                          worm_section.get("prefix", str, ""), worm_section.get("retain_days", int))
+        if worm.retain_days < 1:
+            raise worm_section.error("retain_days", "expected a positive number of days")
+        worm_section.done()
     audit = AuditConfig(
         dir=Path(section.get("dir", str, "var/audit")),
         signing_key=section.setting("signing_key", None),
         record_ids=section.choice("record_ids", ("hashed", "none"), "") if section.has("record_ids") else "",
+        worm=worm,
     )
     section.done()
     return audit

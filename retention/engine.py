@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from retention import __version__
 from retention.audit import AuditWriter, fingerprint, load_private_key
+from retention.audit.worm import WormCopy
+from retention.audit.writer import run_files
 from retention.clients import judge
 from retention.config import Config, Rule
 from retention.connector import Connector, connector_type
@@ -92,9 +94,10 @@ def threshold_reason(rule: Rule, counts: Counts) -> str | None:
 
 
 @contextmanager
-def open_connectors(config: Config, env: Environment, rules: Sequence[Rule]) -> Iterator[dict[str, Connector]]:
+def open_connectors(config: Config, env: Environment, rules: Sequence[Rule], also: Sequence[str] = ()
+                    ) -> Iterator[dict[str, Connector]]:
     """The connectors these rules need, with their `${NAME}` options resolved (an unset one is a config error)."""
-    names = {rule.connector for rule in rules}
+    names = {rule.connector for rule in rules} | set(also)
     if config.clients and any(rule.client_field for rule in rules):
         names.add(config.clients.connector)
     opened: dict[str, Connector] = {}
@@ -167,15 +170,27 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
     works = [compile_rule(config, rule, now, keys.transform) for rule in rules]
     id_key = keys.record_ids
 
-    with open_connectors(config, env, rules) as connectors, run_lock(config.job.state_dir):
+    assert config.audit is not None
+    worm_config = config.audit.worm
+    with open_connectors(config, env, rules, also=[worm_config.connector] if worm_config else []) as connectors, \
+            run_lock(config.job.state_dir):
         run_id = uuid.uuid4().hex[:16]
-        assert config.audit is not None
+        worm, remote_head, worm_error = None, None, None
+        if worm_config:
+            worm = WormCopy(getattr(connectors[worm_config.connector], "client", None), worm_config.bucket,
+                            worm_config.prefix, worm_config.retain_days)
+            try:
+                remote_head = worm.head()
+            except AuditError as exc:
+                worm_error = str(exc)
         try:
-            audit = AuditWriter(config.audit.dir, run_id, clock(), clock, keys.signing, hashed_ids=id_key is not None)
+            audit = AuditWriter(config.audit.dir, run_id, clock(), clock, keys.signing, hashed_ids=id_key is not None,
+                                remote_head=remote_head)
         except AuditError as exc:
             raise ConfigError(str(exc), source=str(config.path), key="audit.dir") from None
         structlog.contextvars.bind_contextvars(run_id=run_id)
-        report = Report(now, is_run=True, dry_run=dry_run, run_id=run_id, audit_file=audit.path)
+        report = Report(now, is_run=True, dry_run=dry_run, run_id=run_id, audit_file=audit.path,
+                        audit_copy_error=worm_error)
         audit.event("run_started", tool_version=__version__, config_sha256=config.sha256, host=socket.gethostname(),
                     user=_user(), now=rfc3339(now), clock_override=clock_override, dry_run=dry_run,
                     rules=[rule.name for rule in rules], public_key_fingerprint=fingerprint(keys.signing.public_key()),
@@ -206,10 +221,24 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
                         rules_failed=sum(rule.status in (ERROR, INTERRUPTED) for rule in report.rules),
                         rules_skipped=sum(rule.status == OVER_THRESHOLD for rule in report.rules), **totals, **extra)
             audit.close()
+            if worm:
+                _copy_to_worm(worm, audit, config.audit.dir, report, clock())
             log.info("run_finished", status=report.status, exit_code=report.exit_code, audit_file=str(audit.path),
                      **totals)
             structlog.contextvars.unbind_contextvars("run_id")
     return report
+
+
+def _copy_to_worm(worm: WormCopy, audit: AuditWriter, directory: Path, report: Report, now: datetime) -> None:
+    """Upload this run's files, and any earlier signed run the bucket is missing; a failure fails the run (exit 1)."""
+    try:
+        earlier = [path for run in run_files(directory) if run != audit.path
+                   for path in (run, run.with_name(run.name + ".sig"), run.with_name(run.name[:-6] + ".ids"))
+                   if path.exists() and run.with_name(run.name + ".sig").exists()]
+        worm.upload([*worm.missing(earlier), *audit.files()], now)
+    except AuditError as exc:
+        report.audit_copy_error = str(exc)
+        log.error("audit_copy_failed", error=str(exc))
 
 
 @dataclass(frozen=True)

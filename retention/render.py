@@ -69,6 +69,8 @@ def report(result: Report, fmt: str) -> str:
     body = markdown(headers, rows) if fmt == "markdown" else table(headers, rows)
     lines = [f"{title} as of {rfc3339(result.now)}", "", body]
     problems = [f"  {rule.name}: {rule.error}" for rule in result.rules if rule.error]
+    if result.is_run and result.audit_copy_error:
+        problems.append(f"  audit copy: {result.audit_copy_error}")
     if problems:
         lines += ["", "Problems:", *problems]
     if result.is_run:

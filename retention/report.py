@@ -55,11 +55,13 @@ class Report:
     run_id: str | None = None
     audit_file: Path | None = None
     interrupted: bool = False
+    audit_copy_error: str | None = None  # the WORM copy could not be read or written
+
 
     @property
     def exit_code(self) -> int:
         statuses = {rule.status for rule in self.rules}
-        if ERROR in statuses or INTERRUPTED in statuses or self.interrupted:
+        if ERROR in statuses or INTERRUPTED in statuses or self.interrupted or self.audit_copy_error:
             return 1
         if OVER_THRESHOLD in statuses:
             return 3
@@ -76,5 +78,6 @@ class Report:
                                 "rules": [rule.to_json(with_changed=self.is_run) for rule in self.rules]}
         if self.is_run:
             data.update(run_id=self.run_id, audit_file=str(self.audit_file) if self.audit_file else None,
-                        dry_run=self.dry_run, status=self.status, exit_code=self.exit_code)
+                        dry_run=self.dry_run, status=self.status, exit_code=self.exit_code,
+                        audit_copy_error=self.audit_copy_error)
         return data

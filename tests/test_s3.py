@@ -249,3 +249,54 @@ def test_object_lock_is_held_never_bypassed(locked: S3Sandbox) -> None:
     held = {line.split()[2] for line in sidecar if line.startswith("held ")}
     versions = locked.s3.list_object_versions(Bucket=locked.bucket)["Versions"]
     assert {pseudonym(key, f"{v['Key']}?versionId={v['VersionId']}") for v in versions} == held
+
+
+def worm_box(tmp_path: Path, seaweedfs_url: str, audit_bucket: str) -> S3Sandbox:
+    box = S3Sandbox(tmp_path / "sandbox", seaweedfs_url)
+    box.put("uploads/a", collected_at=OLD)
+    box.write(RULE.format(bucket=box.bucket, field="metadata:collected-at"))
+    config = (box.root / "retention.toml").read_text().replace(
+        "[secrets]", f'[audit.s3]\nconnector = "files"\nbucket = "{audit_bucket}"\nprefix = "runs/"\n'
+                     "retain_days = 1\n[secrets]")
+    (box.root / "retention.toml").write_text(config)
+    return box
+
+
+def test_signed_runs_are_copied_to_a_compliance_locked_bucket(tmp_path: Path, seaweedfs_url: str) -> None:
+    """Each run's log, signature and sidecar land in the WORM bucket under COMPLIANCE lock; no one can delete them."""
+    audit_bucket = f"audit-{uuid.uuid4().hex[:8]}"
+    box = worm_box(tmp_path, seaweedfs_url, audit_bucket)
+    box.s3.create_bucket(Bucket=audit_bucket, ObjectLockEnabledForBucket=True)
+    report = box.run()
+    name = Path(report["audit_file"]).name
+    copies = {v["Key"]: v["VersionId"] for v in box.s3.list_object_versions(Bucket=audit_bucket)["Versions"]}
+    assert {f"runs/{name}", f"runs/{name}.sig", f"runs/{name[:-6]}.ids"} == set(copies)
+    head = box.s3.head_object(Bucket=audit_bucket, Key=f"runs/{name}")
+    assert "COMPLIANCE" == head["ObjectLockMode"]
+    assert Path(report["audit_file"]).read_bytes() == box.s3.get_object(Bucket=audit_bucket,
+                                                                          Key=f"runs/{name}")["Body"].read()
+    refused = box.s3.delete_objects(Bucket=audit_bucket, Delete={"Objects": [
+        {"Key": f"runs/{name}", "VersionId": copies[f"runs/{name}"]}]})
+    assert ["AccessDenied"] == [e["Code"] for e in refused.get("Errors", [])]
+
+
+def test_a_fresh_container_chains_to_the_bucket(tmp_path: Path, seaweedfs_url: str) -> None:
+    """With an empty audit dir, the next run's first `prev` is the SHA-256 of the newest run in the bucket."""
+    import hashlib
+    import shutil
+
+    audit_bucket = f"audit-{uuid.uuid4().hex[:8]}"
+    box = worm_box(tmp_path, seaweedfs_url, audit_bucket)
+    box.s3.create_bucket(Bucket=audit_bucket, ObjectLockEnabledForBucket=True)
+    first = Path(box.run()["audit_file"]).read_bytes()
+    shutil.rmtree(box.root / "audit")
+    second = Path(box.run()["audit_file"])
+    assert hashlib.sha256(first).hexdigest() == json.loads(second.read_text().splitlines()[0])["prev"]
+
+
+def test_a_failed_upload_fails_the_run_and_keeps_the_local_log(tmp_path: Path, seaweedfs_url: str) -> None:
+    """No WORM bucket: the run exits 1 and says why; its local, signed log is still there and verifies."""
+    box = worm_box(tmp_path, seaweedfs_url, f"missing-{uuid.uuid4().hex[:8]}")
+    report = box.run(expect=1)
+    assert "WORM upload" in (report["audit_copy_error"] or "") or "WORM copy" in (report["audit_copy_error"] or "")
+    assert 0 == box.cli("audit", "verify").exit_code

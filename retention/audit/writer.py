@@ -8,6 +8,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -55,27 +56,45 @@ def stamp(instant: datetime) -> str:
     return instant.strftime("%Y%m%dT%H%M%S%fZ")
 
 
+@dataclass(frozen=True)
+class ChainHead:
+    """The newest run before this one: its file name, the SHA-256 of its bytes, and whether it was signed."""
+
+    name: str
+    sha256: str
+    signed: bool
+
+
+def local_head(directory: Path) -> ChainHead | None:
+    existing = run_files(directory)
+    if not existing:
+        return None
+    head = existing[-1]
+    return ChainHead(head.name, sha256_hex(head.read_bytes()), head.with_name(head.name + ".sig").exists())
+
+
 class AuditWriter:
     """Appends events to `<start>-<run_id>.jsonl`, flushing each; `close()` signs the exact bytes."""
 
     def __init__(self, directory: Path, run_id: str, started: datetime, clock: Callable[[], datetime],
-                 signing_key: Ed25519PrivateKey, *, hashed_ids: bool) -> None:
+                 signing_key: Ed25519PrivateKey, *, hashed_ids: bool, remote_head: ChainHead | None = None) -> None:
         self.run_id = run_id
         self._clock = clock
         self._key = signing_key
         self._seq = 0
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            existing = run_files(directory)
-            head = existing[-1] if existing else None
+            # the newest run anywhere: a fresh container's empty dir still chains to the WORM copy's newest
+            heads = [h for h in (local_head(directory), remote_head) if h is not None]
+            head = max(heads, key=lambda h: h.name) if heads else None
             name = stamp(started)
             head_stamp = head.name.split("-", 1)[0] if head else ""
             if head_stamp >= name:
                 # the clock went back: keep the order of names equal to the order of runs
                 name = stamp(datetime.strptime(head_stamp, "%Y%m%dT%H%M%S%fZ") + timedelta(microseconds=1))
             self.path = directory / f"{name}-{run_id}.jsonl"
-            self.previous_incomplete = bool(head and not head.with_name(head.name + ".sig").exists())
-            self._prev = sha256_hex(head.read_bytes()) if head else GENESIS
+            self.previous_incomplete = bool(head and not head.signed)
+            self._prev = head.sha256 if head else GENESIS
             self._file: BinaryIO = open(self.path, "xb")  # noqa: SIM115 - open for the whole run
             self._ids: BinaryIO | None = open(self.ids_path, "xb") if hashed_ids else None  # noqa: SIM115
         except OSError as exc:
@@ -129,3 +148,8 @@ class AuditWriter:
         temporary.write_bytes(signature)
         os.replace(temporary, signature_path)
         return self.path
+
+    def files(self) -> list[Path]:
+        """The run's files: log, signature and (when record ids are hashed) the sidecar."""
+        signature = self.path.with_name(self.path.name + ".sig")
+        return [self.path, signature, *([self.ids_path] if self._ids is not None else [])]
