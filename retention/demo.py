@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import secrets
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 from retention import engine
 from retention.audit import generate_keypair, load_private_key, verify
-from retention.config import load_config
+from retention.config import Config, load_config
 from retention.errors import UsageError
 from retention.render import report
 from retention.settings import Environment
@@ -109,13 +110,32 @@ action = "delete"
 max_fraction = 0.6
 """
 
+S3_CONFIG = """
+[connectors.files]
+type = "s3"
+endpoint_url = "${{DEMO_S3_URL}}"        # moto's S3 server, in-process while the demo runs
+region = "us-east-1"
+
+[[rules]]
+name = "uploaded-visitor-files-24-months"
+policy = "Privacy Policy s.4: site visitor data is kept for up to 24 months"
+connector = "files"
+bucket = "{bucket}"
+prefix = "visitors/"
+expire = {{ after = "24 months", field = "metadata:uploaded-at" }}
+action = "delete"
+max_fraction = 0.6
+"""
+S3_BUCKET = "demo-uploads"
+
 # (id, status, days since the account ended): ended long ago, within grace, still active, held, unknown state.
 CLIENTS = [("c-1001", "active", None), ("c-1002", "trial", None), ("c-1003", "closed", 75),
            ("c-1004", "closed", 10), ("c-1005", "deletion_requested", 45), ("c-1042", "closed", 400),
            ("c-1099", "paused", None)]
 
 
-def build(directory: Path, now: datetime, seed: int = 2026, mongodb_url: str | None = None) -> Path:
+def build(directory: Path, now: datetime, seed: int = 2026, mongodb_url: str | None = None,
+          s3_url: str | None = None) -> Path:
     """Create the sandbox: databases, keys and config. Returns the config path."""
     directory = directory.resolve()
     rng = random.Random(seed)
@@ -145,9 +165,24 @@ def build(directory: Path, now: datetime, seed: int = 2026, mongodb_url: str | N
     pseudonym.chmod(0o600)
     if mongodb_url:
         _seed_mongodb(mongodb_url, now, rng)
+    if s3_url:
+        _seed_s3(s3_url, now, rng)
     config = directory / "retention.toml"
-    config.write_text(CONFIG.format(dir=directory) + (MONGO_CONFIG.format() if mongodb_url else ""))
+    config.write_text(CONFIG.format(dir=directory) + (MONGO_CONFIG.format() if mongodb_url else "")
+                      + (S3_CONFIG.format(bucket=S3_BUCKET) if s3_url else ""))
     return config
+
+
+def _seed_s3(url: str, now: datetime, rng: random.Random) -> None:
+    """Visitor uploads over four years, their age in metadata (LastModified is always "just now" here)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+    s3.create_bucket(Bucket=S3_BUCKET)
+    for n in range(300):
+        uploaded = now - timedelta(minutes=rng.randrange(4 * 365 * 24 * 60))
+        s3.put_object(Bucket=S3_BUCKET, Key=f"visitors/v-{n:04d}/avatar.png", Body=b"...",
+                      Metadata={"uploaded-at": uploaded.isoformat()})
 
 
 def _seed_mongodb(url: str, now: datetime, rng: random.Random) -> None:
@@ -194,25 +229,49 @@ def _ts(instant: datetime) -> str:
     return instant.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+@contextmanager
+def embedded_s3() -> Iterator[str | None]:
+    """moto's S3 server in-process, on a free port; None if moto is not installed."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        yield None
+        return
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request on the demo's screen
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
 def run_demo(directory: Path, now: datetime, echo: Callable[[str], None] = print) -> int:
     """Build the sandbox, then show plan, run and verify; return the run's exit code."""
     _prepare(directory)
-    with embedded_mongodb(directory.resolve() / "mongo") as mongodb_url:
-        return _run_demo(directory, now, echo, mongodb_url)
+    with embedded_mongodb(directory.resolve() / "mongo") as mongodb_url, embedded_s3() as s3_url:
+        return _run_demo(directory, now, echo, mongodb_url, s3_url)
 
 
-def _run_demo(directory: Path, now: datetime, echo: Callable[[str], None], mongodb_url: str | None) -> int:
-    config_path = build(directory, now, mongodb_url=mongodb_url)
+def _run_demo(directory: Path, now: datetime, echo: Callable[[str], None], mongodb_url: str | None,
+              s3_url: str | None) -> int:
+    if s3_url:  # moto takes any credentials; the demo must not pick up (or need) real ones
+        os.environ.update(DEMO_S3_URL=s3_url, AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo")  # noqa: S106
+    config_path = build(directory, now, mongodb_url=mongodb_url, s3_url=s3_url)
     if mongodb_url:
         os.environ["DEMO_MONGODB_URL"] = mongodb_url
     root = config_path.parent
     os.environ["RETENTION_PSEUDONYM_KEY"] = (root / "keys" / "pseudonym.key").read_text()
     env = Environment(source=str(config_path))
     config = load_config(config_path)
-    stores = "a SQLite database (app.db)" + (", an embedded MongoDB (mongo/)" if mongodb_url else "")
+    stores = "a SQLite database (app.db)" + (", an embedded MongoDB (mongo/)" if mongodb_url else "") + (
+        ", an in-memory S3 (moto)" if s3_url else "")
     echo(f"Built a sandbox in {root}: {stores}, an Ed25519 key pair and retention.toml.\n")
     if not mongodb_url:
         echo("(secantusdb is not installed, so the MongoDB rule is left out: pip install secantusdb)\n")
+    if not s3_url:
+        echo("(moto is not installed, so the S3 rule is left out: pip install 'moto[server]')\n")
     echo("== retention plan  (a dry run: nothing changes)\n")
     echo(report(engine.plan(config, env, now), "table") + "\n")
     echo("== retention run\n")
@@ -230,12 +289,19 @@ What to open next:
   {audit_file}   the signed audit log (one JSON event per line)
 Try:
   export RETENTION_PSEUDONYM_KEY=$(cat {root}/keys/pseudonym.key){_mongo_hint(root, mongodb_url)}
-  retention --config {config_path} plan          # nothing left to do now
+  retention --config {config_path} plan{_s3_hint(config, s3_url)}          # nothing left to do now
   retention --config {config_path} audit show {result.run_id}
   openssl pkeyutl -verify -pubin -inkey {root}/keys/audit-public.pem -rawin \\
       -in {audit_file} -sigfile {audit_file}.sig
 """)
     return result.exit_code
+
+
+def _s3_hint(config: Config, s3_url: str | None) -> str:
+    """The in-memory S3 is gone with the demo: the follow-up plan names the other rules."""
+    if not s3_url:
+        return ""
+    return "".join(f" --rule {rule.name}" for rule in config.rules if rule.connector != "files")
 
 
 def _mongo_hint(root: Path, mongodb_url: str | None) -> str:

@@ -17,6 +17,7 @@ def test_demo_plans_runs_and_verifies_in_a_fresh_folder(tmp_path: Path) -> None:
     assert "== retention plan" in result.stdout and "== retention run" in result.stdout
     assert "OK    " in result.stdout and "FAIL" not in result.stdout
     assert "events:web_sessions" in result.stdout  # the MongoDB rule, on the embedded server
+    assert "files:demo-uploads" in result.stdout  # the S3 rule, on moto in-process
     log = next((demo / "audit").glob("*.jsonl"))
     verified = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey",
                                str(demo / "keys" / "audit-public.pem"), "-rawin", "-in", str(log),
