@@ -24,11 +24,9 @@ from random import Random
 import pymongo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from retention import engine
+from bench.contenders import tool_cli, tool_in_process
 from retention.audit import generate_keypair
-from retention.config import load_config
 from retention.logs import configure
-from retention.settings import Environment
 from retention.timeutil import Duration
 from tests.servers import free_port
 
@@ -109,23 +107,6 @@ max_fraction = 1.0
     return config
 
 
-def tool_in_process(config: Path) -> float:
-    loaded = load_config(config)
-    started = time.perf_counter()
-    report = engine.run(loaded, Environment(), NOW, lambda: datetime.now(UTC))
-    assert report.exit_code == 0, report.to_json()
-    return time.perf_counter() - started
-
-
-def tool_cli(config: Path) -> tuple[float, int, float]:
-    command = [str(Path(sys.executable).parent / "retention"), "--config", str(config), "-q", "run",
-               "--now", NOW.isoformat()]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    return time.perf_counter() - started, os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--documents", type=int, default=None)
@@ -138,12 +119,12 @@ def main() -> None:
         for database in ("hand", "inproc", "cli"):
             seed(url, f"bench_{database}", documents)
         hand_seconds, deleted = hand_written(url, "bench_hand")
-        inproc_seconds = tool_in_process(write_config(url, "bench_inproc", work))
-        cli_seconds, code, rss = tool_cli(write_config(url, "bench_cli", work))
+        inproc_seconds = tool_in_process(write_config(url, "bench_inproc", work), NOW)
+        cli_seconds, rss = tool_cli(write_config(url, "bench_cli", work), NOW)
         with pymongo.MongoClient(url) as client:
             left = sum(client[f"bench_{d}"]["web_sessions"].count_documents({"started_at": {"$lt": CUTOFF}})
                        for d in ("inproc", "cli"))
-    assert code == 0 and left == 0, (code, left)
+    assert left == 0, left
     print(f"{deleted:,} expired documents deleted by each; batch size {BATCH}\n")
     print(f"{'hand-written':>12} {'in-process':>10} {'ratio':>6} {'command':>8} {'ratio':>6} {'peak RSS':>9}")
     print(f"{hand_seconds:>11.2f}s {inproc_seconds:>9.2f}s {inproc_seconds / hand_seconds:>6.2f} "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,11 +21,9 @@ from pathlib import Path
 import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from retention import engine
+from bench.contenders import tool_cli, tool_in_process
 from retention.audit import generate_keypair
-from retention.config import load_config
 from retention.logs import configure
-from retention.settings import Environment
 from tests.servers import moto_server
 
 CONTENDERS = ("hand", "inproc", "cli")
@@ -94,24 +91,15 @@ def main() -> None:
         time.sleep(1.1)
         put_half(s3, range(objects // 2, objects))
         hand_seconds, deleted = hand_written(s3, "bench-hand", cutoff)
-        loaded = load_config(write_config(url, "bench-inproc", work))
-        started = time.perf_counter()
-        report = engine.run(loaded, Environment(), cutoff, lambda: datetime.now(UTC))
-        inproc_seconds = time.perf_counter() - started
-        command = [str(Path(sys.executable).parent / "retention"), "--config",
-                   str(write_config(url, "bench-cli", work)), "-q", "run", "--now", cutoff.isoformat()]
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(process.pid, 0)
-        cli_seconds = time.perf_counter() - started
+        inproc_seconds = tool_in_process(write_config(url, "bench-inproc", work), cutoff)
+        cli_seconds, rss = tool_cli(write_config(url, "bench-cli", work), cutoff)
         left = [sum(page.get("KeyCount", 0) for page in s3.get_paginator("list_objects_v2").paginate(
             Bucket=f"bench-{c}")) for c in CONTENDERS]
-    assert report.exit_code == 0 and os.waitstatus_to_exitcode(status) == 0, report.to_json()
     assert left == [objects - deleted] * 3, left
     print(f"{deleted:,} objects deleted by each\n")
     print(f"{'hand-written':>12} {'in-process':>10} {'ratio':>6} {'command':>8} {'ratio':>6} {'peak RSS':>9}")
     print(f"{hand_seconds:>11.2f}s {inproc_seconds:>9.2f}s {inproc_seconds / hand_seconds:>6.2f} "
-          f"{cli_seconds:>7.2f}s {cli_seconds / hand_seconds:>6.2f} {usage.ru_maxrss / 1024:>7.0f}MB")
+          f"{cli_seconds:>7.2f}s {cli_seconds / hand_seconds:>6.2f} {rss:>7.0f}MB")
 
 
 if __name__ == "__main__":
