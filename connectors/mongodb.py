@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pymongo
@@ -59,10 +59,11 @@ class MongoConnector(ConnectorDefaults):
             raise TargetMissing(f"collection {name} does not exist in database {self.database.name}")
         return self.database[name]
 
-    def client_rows(self, registry: ClientRegistry) -> Iterator[Mapping[str, Any]]:
-        # "_id" first, so an id_field of "_id" switches it back on
-        projection = {"_id": 0, registry.id_field: 1, registry.status_field: 1, registry.ended_at_field: 1}
-        yield from self._collection(registry.table).find({}, projection)
+    def read_rows(self, table: str, fields: Sequence[str]) -> Iterator[Mapping[str, Any]]:
+        # "_id" first, so a field "_id" switches it back on
+        projection = {"_id": 0, **dict.fromkeys(fields, 1)}
+        for document in self._collection(table).find({}, projection):
+            yield {field: _get(document, field) for field in fields}
 
     def check(self, selection: Selection, action: Action) -> list[str]:
         try:

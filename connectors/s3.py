@@ -9,7 +9,7 @@ version of it remains. Object Lock (retention or legal hold) is never bypassed: 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConnectorError, TargetMissing
-from retention.model import Action, Batch, ClientRegistry, Counts, Selection
+from retention.model import Action, Batch, Counts, Selection
 from retention.timeutil import parse_instant
 from retention.transforms import KeyedHasher
 
@@ -77,8 +77,9 @@ class S3Connector(ConnectorDefaults):
         self._pool.shutdown(wait=True)
         self.client.close()
 
-    def client_rows(self, registry: ClientRegistry) -> Iterator[Mapping[str, Any]]:
-        raise ConnectorError("an S3 bucket cannot hold the client registry; keep [clients] in a database")
+    def read_rows(self, table: str, fields: Sequence[str]) -> Iterator[Mapping[str, Any]]:
+        raise ConnectorError("an S3 bucket holds objects, not rows: keep [clients] and hold or request "
+                             "tables in a database")
 
     # -- targets ---------------------------------------------------------------------------------------------
 

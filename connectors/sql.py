@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -171,11 +171,11 @@ class SqlConnector(ConnectorDefaults):
             "unknown_age": and_(not_(is_expired), or_(*unknown), fresh),
         }
 
-    def client_rows(self, registry: ClientRegistry) -> Iterator[Mapping[str, Any]]:
-        table = self.table(registry.table)
-        fields = [table.c[f] for f in (registry.id_field, registry.status_field, registry.ended_at_field)]
+    def read_rows(self, table_name: str, fields: Sequence[str]) -> Iterator[Mapping[str, Any]]:
+        table = self.table(table_name)
+        columns = [self._column(table, field, "field") for field in fields]
         with self.engine.connect() as connection:
-            for row in connection.execution_options(stream_results=True, yield_per=5000).execute(select(*fields)):
+            for row in connection.execution_options(stream_results=True, yield_per=5000).execute(select(*columns)):
                 yield dict(row._mapping)
 
     def _client_predicates(self, table: Any, selection: Selection, locking: bool) -> tuple[ColumnElement[bool], ...]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from retention.errors import ConfigError
-from retention.model import Action, Batch, ClientRegistry, Counts, Selection
+from retention.model import Action, Batch, Counts, Selection
 
 ENTRY_POINT_GROUP = "retention.connectors"
 
@@ -41,8 +41,8 @@ class Connector(Protocol):
 
     def close(self) -> None: ...
 
-    def client_rows(self, registry: ClientRegistry) -> Iterator[Mapping[str, Any]]:
-        """Every row of the client registry held in this store (id, status and ended-at fields)."""
+    def read_rows(self, table: str, fields: Sequence[str]) -> Iterator[Mapping[str, Any]]:
+        """Every row of a small table of this store (a client registry, legal holds), as `fields` -> value."""
         ...
 
     def check(self, selection: Selection, action: Action) -> list[str]:

@@ -68,7 +68,9 @@ def with_registry(work: RuleWork, connectors: dict[str, Connector]) -> RuleWork:
     client = work.selection.client
     if client is None or client.registry.connector == work.rule.connector:
         return work
-    rows = connectors[client.registry.connector].client_rows(client.registry)
+    registry = client.registry
+    rows = connectors[registry.connector].read_rows(
+        registry.table, [registry.id_field, registry.status_field, registry.ended_at_field])
     states = judge(rows, client.registry, client.ended_before)
     return replace(work, selection=replace(work.selection, client=replace(client, states=states)))
 
