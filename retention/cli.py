@@ -249,6 +249,31 @@ def audit_show(state: State, run: str, fmt: str) -> None:
         "", render(headers, rows)]))
 
 
+@main.group()
+def holds() -> None:
+    """Legal holds: from the config and from [holds_source]."""
+
+
+@holds.command("list")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def holds_list(state: State, fmt: str) -> None:
+    """Every active legal hold, where it comes from, and how many expired records it keeps now."""
+    reports = engine.hold_reports(state.config, state.env, utc_now())
+    if fmt == "json":
+        click.echo(as_json([{"name": r.hold.name, "source": r.hold.source, "client_ids": list(r.hold.client_ids),
+                             "rules": list(r.rules), "until": rfc3339(r.hold.until) if r.hold.until else None,
+                             "reason": r.hold.reason, "records_held": r.records, "errors": list(r.errors)}
+                            for r in reports]))
+    else:
+        click.echo(table(["hold", "source", "clients", "rules", "until", "records held", "reason"],
+                         [[r.hold.name, r.hold.source, ", ".join(map(str, r.hold.client_ids)) or "all",
+                           ", ".join(r.rules) or "-", rfc3339(r.hold.until) if r.hold.until else "none",
+                           r.records, r.hold.reason] for r in reports]) if reports else "no active holds")
+    if any(r.errors for r in reports):
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
 def connectors(fmt: str) -> None:

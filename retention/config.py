@@ -65,9 +65,24 @@ class Hold:
     client_ids: tuple[Any, ...] = ()
     rules: tuple[str, ...] = ()
     until: datetime | None = None
+    source: str = "config"  # "config", or the connector:table it was read from
+    reason: str = ""
 
     def active_at(self, now: datetime) -> bool:
         return self.until is None or now <= self.until
+
+
+@dataclass(frozen=True)
+class HoldSource:
+    """A table or collection of legal holds, so legal can place and lift holds without a deploy."""
+
+    connector: str
+    table: str
+    name_field: str = "name"
+    client_field: str = "client_id"
+    rule_field: str = "rule"
+    until_field: str = "until"
+    reason_field: str = "reason"
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,7 @@ class Config:
     clients: ClientRegistry | None
     holds: tuple[Hold, ...]
     rules: tuple[Rule, ...]
+    holds_source: HoldSource | None = None
 
     def rule(self, name: str) -> Rule:
         for rule in self.rules:
@@ -153,6 +169,7 @@ def _parse(top: Section, path: Path, sha256: str) -> Config:
     clients = _clients(top.section("clients"), connectors)
     rules = _rules(top, connectors, types, clients, pseudonym_key)
     holds = _holds(top, {rule.name: rule for rule in rules})
+    holds_source = _holds_source(top.section("holds_source"), connectors)
     top.done()
     if audit and audit.record_ids == "hashed" and pseudonym_key is None:
         raise ConfigError('record_ids = "hashed" needs secrets.pseudonym_key', source=top.source,
@@ -165,7 +182,7 @@ def _parse(top: Section, path: Path, sha256: str) -> Config:
     if audit and audit.worm and connectors[audit.worm.connector].type != "s3":
         raise ConfigError("the WORM copy needs an s3 connector (S3 Object Lock keeps it unalterable)",
                           source=top.source, key="audit.s3.connector")
-    return Config(path, sha256, job, audit, pseudonym_key, connectors, clients, holds, rules)
+    return Config(path, sha256, job, audit, pseudonym_key, connectors, clients, holds, rules, holds_source)
 
 
 def _job(section: Section | None) -> JobConfig:
@@ -257,6 +274,22 @@ def _clients(section: Section | None, connectors: dict[str, ConnectorConfig]) ->
         raise section.error("ended_statuses", f"statuses cannot be both active and ended: {sorted(overlap)}")
     section.done()
     return registry
+
+
+def _holds_source(section: Section | None, connectors: dict[str, ConnectorConfig]) -> HoldSource | None:
+    if section is None:
+        return None
+    connector = section.get("connector", str)
+    if connector not in connectors:
+        raise section.error("connector", f"unknown connector {connector!r}; defined: {', '.join(connectors)}")
+    table = section.get("table", str, None) or section.get("collection", str, None)
+    if not table:
+        raise section.error("table", "is required (the table, or `collection` on MongoDB, of legal holds)")
+    source = HoldSource(connector, table, **{name: section.get(name, str, default) for name, default in (
+        ("name_field", "name"), ("client_field", "client_id"), ("rule_field", "rule"), ("until_field", "until"),
+        ("reason_field", "reason"))})
+    section.done()
+    return source
 
 
 def _holds(top: Section, rules_by_name: dict[str, Rule]) -> tuple[Hold, ...]:

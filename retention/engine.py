@@ -20,11 +20,12 @@ from retention.audit import AuditWriter, fingerprint, load_private_key
 from retention.audit.worm import WormCopy
 from retention.audit.writer import run_files
 from retention.clients import judge
-from retention.config import Config, Rule
+from retention.config import Config, Hold, Rule
 from retention.connector import Connector, connector_type
 from retention.errors import AuditError, ConfigError, RetentionError, UsageError
+from retention.holds import held_scope, load_holds
 from retention.lock import run_lock
-from retention.model import Action, AgeCondition, ClientCondition, Counts, HeldScope, Selection
+from retention.model import Action, AgeCondition, ClientCondition, Counts, Selection
 from retention.redact import error_summary
 from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, Report, RuleReport
 from retention.secrets import RECORD_ID_LABEL, TRANSFORM_LABEL, derive
@@ -51,14 +52,16 @@ def select_rules(config: Config, names: Sequence[str]) -> list[Rule]:
     return [rule for rule in config.rules if not names or rule.name in names]
 
 
-def compile_rule(config: Config, rule: Rule, now: datetime, hmac_key: bytes | None) -> RuleWork:
+def compile_rule(config: Config, rule: Rule, now: datetime, hmac_key: bytes | None,
+                 holds: Sequence[Hold] | None = None) -> RuleWork:
     """The rule's selection and action as of `now`: cutoffs computed here, once, in UTC."""
     age = AgeCondition(rule.expire.field, rule.expire.after.before(now)) \
         if rule.expire.after and rule.expire.field else None
     client = None
     if rule.expire.client_field and config.clients and rule.expire.grace:
         client = ClientCondition(rule.expire.client_field, config.clients, rule.expire.grace.before(now))
-    selection = Selection(rule.target, rule.key, age, client, held_scope(config, rule, now), rule.marker,
+    scope = held_scope(config.holds if holds is None else holds, rule, now)
+    selection = Selection(rule.target, rule.key, age, client, scope, rule.marker,
                           dict(rule.scope), now)
     return RuleWork(rule, selection, Action(rule.action, rule.marker, rule.transforms, now, hmac_key))
 
@@ -75,17 +78,6 @@ def with_registry(work: RuleWork, connectors: dict[str, Connector]) -> RuleWork:
     return replace(work, selection=replace(work.selection, client=replace(client, states=states)))
 
 
-def held_scope(config: Config, rule: Rule, now: datetime) -> HeldScope:
-    """The legal holds in force at `now` that apply to `rule`: the whole rule, or some of its clients."""
-    active = [hold for hold in config.holds if hold.active_at(now) and (not hold.rules or rule.name in hold.rules)]
-    everything = any(not hold.client_ids for hold in active)
-    client_ids = tuple(dict.fromkeys(cid for hold in active for cid in hold.client_ids))
-    if client_ids and not rule.client_field:
-        # a client hold cannot single out records of a rule that does not know their client
-        client_ids = ()
-    return HeldScope(everything, rule.client_field, client_ids, tuple(hold.name for hold in active))
-
-
 def threshold_reason(rule: Rule, counts: Counts) -> str | None:
     if rule.max_records is not None and counts.matched > rule.max_records:
         return f"{counts.matched} records would change, more than max_records = {rule.max_records}"
@@ -100,6 +92,8 @@ def open_connectors(config: Config, env: Environment, rules: Sequence[Rule], als
                     ) -> Iterator[dict[str, Connector]]:
     """The connectors these rules need, with their `${NAME}` options resolved (an unset one is a config error)."""
     names = {rule.connector for rule in rules} | set(also)
+    if config.holds_source:
+        names.add(config.holds_source.connector)
     if config.clients and any(rule.client_field for rule in rules):
         names.add(config.clients.connector)
     opened: dict[str, Connector] = {}
@@ -147,8 +141,9 @@ def plan(config: Config, env: Environment, now: datetime, rule_names: Sequence[s
     rules = select_rules(config, rule_names)
     report = Report(now)
     with open_connectors(config, env, rules) as connectors:
+        holds = load_holds(config, connectors)
         for rule in rules:
-            work = compile_rule(config, rule, now, PLAN_KEY)
+            work = compile_rule(config, rule, now, PLAN_KEY, holds)
             rule_report = _rule_report(work)
             report.rules.append(rule_report)
             started = time.monotonic()
@@ -169,13 +164,14 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
         raise UsageError(f"--now {rfc3339(now)} is later than the current time; a run may not expire records early")
     rules = select_rules(config, rule_names)
     keys = _run_keys(config, env)
-    works = [compile_rule(config, rule, now, keys.transform) for rule in rules]
     id_key = keys.record_ids
 
     assert config.audit is not None
     worm_config = config.audit.worm
     with open_connectors(config, env, rules, also=[worm_config.connector] if worm_config else []) as connectors, \
             run_lock(config.job.state_dir):
+        holds = load_holds(config, connectors)  # read under the lock, just before anything changes
+        works = [compile_rule(config, rule, now, keys.transform, holds) for rule in rules]
         run_id = uuid.uuid4().hex[:16]
         worm, remote_head, worm_error = None, None, None
         if worm_config:
@@ -346,6 +342,14 @@ def check(config: Config, env: Environment, now: datetime) -> list[TargetCheck]:
     """Connect to every connector and confirm each rule's target and fields exist with usable types."""
     results = []
     with open_connectors(config, env, config.rules) as connectors:
+        if config.holds_source:
+            source = config.holds_source
+            target = f"{source.connector}:{source.table}"
+            try:
+                load_holds(config, connectors)
+                results.append(TargetCheck("[holds_source]", target, ()))
+            except RetentionError as exc:
+                results.append(TargetCheck("[holds_source]", target, (str(exc),)))
         for rule in config.rules:
             work = compile_rule(config, rule, now, PLAN_KEY)
             target = f"{rule.connector}:{rule.target}"
@@ -355,3 +359,35 @@ def check(config: Config, env: Environment, now: datetime) -> list[TargetCheck]:
             except RetentionError as exc:
                 results.append(TargetCheck(rule.name, target, (str(exc),), unreachable=True))
     return results
+
+
+@dataclass(frozen=True)
+class HoldReport:
+    """One hold in force: where it comes from, what it names, and how many expired records it keeps now."""
+
+    hold: Hold
+    rules: tuple[str, ...]
+    records: int
+    errors: tuple[str, ...] = ()
+
+
+def hold_reports(config: Config, env: Environment, now: datetime) -> list[HoldReport]:
+    """Every hold in force at `now`, each counted on its own against the rules it applies to."""
+    reports = []
+    with open_connectors(config, env, config.rules) as connectors:
+        for hold in load_holds(config, connectors):
+            if not hold.active_at(now):
+                continue
+            rules, records, errors = [], 0, []
+            for rule in config.rules:
+                work = compile_rule(config, rule, now, PLAN_KEY, (hold,))
+                if not work.selection.held.active:
+                    continue
+                rules.append(rule.name)
+                try:
+                    connector = connectors[rule.connector]
+                    records += connector.count(with_registry(work, connectors).selection).held
+                except RetentionError as exc:
+                    errors.append(f"{rule.name}: {exc}")
+            reports.append(HoldReport(hold, tuple(rules), records, tuple(errors)))
+    return reports
