@@ -249,6 +249,8 @@ class S3Connector(ConnectorDefaults):
                         yield Batch(len(deleted), tuple(hasher(r.identity) for r in deleted) if hasher else ())
 
             for page in self._judged(selection):
+                if submitted >= limit:
+                    break  # all that the count found is on its way: no need to list the rest
                 for record, kind in page:
                     if kind != "matched" or submitted >= limit:
                         continue
