@@ -34,7 +34,8 @@ class SqlDialect:
     def chosen_rows(self, key: Any, candidate_key: Any, matching: ColumnElement[bool], size: int
                     ) -> ColumnElement[bool]:
         """The outer statement's rows: those whose key is among the first `size` matching candidates."""
-        return key.in_(select(candidate_key).where(matching).limit(size))  # type: ignore[no-any-return]
+        return key.in_(  # type: ignore[no-any-return]
+            select(candidate_key).select_from(candidate_key.table).where(matching).limit(size))
 
     def count_where(self, predicate: ColumnElement[bool]) -> ColumnElement[int]:
         """How many rows satisfy `predicate`, as one aggregate of a single scan."""
@@ -101,7 +102,10 @@ class PostgresDialect(SqlDialect):
         # By physical row id: a TID scan per batch, where `key IN (...)` would scan the whole table each time.
         # A row updated meanwhile is followed to its new version and the outer predicate is checked again.
         row_id: ColumnElement[Any] = literal_column("ctid")
-        return row_id == func.any(func.array(select(row_id).where(matching).limit(size).scalar_subquery()))
+        # FROM named explicitly: otherwise a predicate made only of EXISTS clauses would pull the candidates
+        # table into those subqueries and leave `ctid` to mean the outer row
+        candidates = select(row_id).select_from(candidate_key.table).where(matching).limit(size)
+        return row_id == func.any(func.array(candidates.scalar_subquery()))
 
     def engine_options(self) -> dict[str, Any]:
         # date_trunc and naive timestamps are read in the session time zone: pin it to UTC.

@@ -244,3 +244,10 @@ class ConnectorConformance:
         rules = {r["name"]: r for r in self.run(sandbox, expect=1)["rules"]}
         assert ("ok", 1, "error") == (rules["cookies"]["status"], rules["cookies"]["changed"], rules["ghost"]["status"])
         assert "no_such_target does not exist" in rules["ghost"]["error"]
+
+    def test_client_lifetime_delete_without_a_marker(self, sandbox: Sandbox, store: Store, now: Any) -> None:
+        """A client-lifetime rule that deletes (no marker, nothing but the registry in its predicate) works too."""
+        seed_clients(store, now)
+        sandbox.write(END_USER_RULE.split("action =")[0] + 'action = "delete"\nmax_fraction = 1.0\n')
+        assert (3, 3) == (self.plan(sandbox)["end-users"]["matched"], self.run(sandbox)["rules"][0]["changed"])
+        assert [0, 3, 5, 6, 7, 8] == ids(store, "end_users")
