@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from retention import __version__
 from retention.audit import AuditWriter, fingerprint, load_private_key
 from retention.audit.worm import WormCopy
-from retention.audit.writer import run_files
+from retention.audit.writer import ChainHead, run_files
 from retention.clients import judge
 from retention.config import Config, Hold, Rule
 from retention.connector import Connector, connector_type
@@ -166,21 +166,14 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
     keys = _run_keys(config, env)
     id_key = keys.record_ids
 
-    assert config.audit is not None
+    assert config.audit is not None  # _run_keys has checked
     worm_config = config.audit.worm
     with open_connectors(config, env, rules, also=[worm_config.connector] if worm_config else []) as connectors, \
             run_lock(config.job.state_dir):
         holds = load_holds(config, connectors)  # read under the lock, just before anything changes
         works = [compile_rule(config, rule, now, keys.transform, holds) for rule in rules]
         run_id = uuid.uuid4().hex[:16]
-        worm, remote_head, worm_error = None, None, None
-        if worm_config:
-            worm = WormCopy(getattr(connectors[worm_config.connector], "client", None), worm_config.bucket,
-                            worm_config.prefix, worm_config.retain_days)
-            try:
-                remote_head = worm.head()
-            except AuditError as exc:
-                worm_error = str(exc)
+        worm, remote_head, worm_error = _open_worm(config, connectors)
         try:
             audit = AuditWriter(config.audit.dir, run_id, clock(), clock, keys.signing, hashed_ids=id_key is not None,
                                 remote_head=remote_head)
@@ -210,21 +203,40 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
                 audit.event("rule_failed", rule=failed.name, error_class="Interrupted", message=failed.error,
                             changed=failed.changed)
         finally:
-            structlog.contextvars.unbind_contextvars("rule", "connector")
-            totals = {name: sum(getattr(rule, name) for rule in report.rules)
-                      for name in ("matched", "changed", "held", "unknown_age")}
-            extra = {"ids_sha256": audit.ids_sha256()} if id_key else {}
-            audit.event("run_finished", status=report.status, exit_code=report.exit_code,
-                        duration_ms=int((time.monotonic() - started) * 1000),
-                        rules_failed=sum(rule.status in (ERROR, INTERRUPTED) for rule in report.rules),
-                        rules_skipped=sum(rule.status == OVER_THRESHOLD for rule in report.rules), **totals, **extra)
-            audit.close()
+            _finish(audit, report, started, id_key is not None)
             if worm:
                 _copy_to_worm(worm, audit, config.audit.dir, report, clock())
-            log.info("run_finished", status=report.status, exit_code=report.exit_code, audit_file=str(audit.path),
-                     **totals)
             structlog.contextvars.unbind_contextvars("run_id")
     return report
+
+
+def _open_worm(config: Config, connectors: dict[str, Connector]
+               ) -> tuple[WormCopy | None, ChainHead | None, str | None]:
+    """The WORM copy, if configured, and the newest run it holds (or why it could not be read)."""
+    assert config.audit is not None
+    settings = config.audit.worm
+    if settings is None:
+        return None, None, None
+    worm = WormCopy(getattr(connectors[settings.connector], "client", None), settings.bucket, settings.prefix,
+                    settings.retain_days)
+    try:
+        return worm, worm.head(), None
+    except AuditError as exc:
+        return worm, None, str(exc)
+
+
+def _finish(audit: AuditWriter, report: Report, started: float, hashed_ids: bool) -> None:
+    """Write run_finished with the totals and sign the log."""
+    structlog.contextvars.unbind_contextvars("rule", "connector")
+    totals = {name: sum(getattr(rule, name) for rule in report.rules)
+              for name in ("matched", "changed", "held", "unknown_age")}
+    extra = {"ids_sha256": audit.ids_sha256()} if hashed_ids else {}
+    audit.event("run_finished", status=report.status, exit_code=report.exit_code,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                rules_failed=sum(rule.status in (ERROR, INTERRUPTED) for rule in report.rules),
+                rules_skipped=sum(rule.status == OVER_THRESHOLD for rule in report.rules), **totals, **extra)
+    audit.close()
+    log.info("run_finished", status=report.status, exit_code=report.exit_code, audit_file=str(audit.path), **totals)
 
 
 def _copy_to_worm(worm: WormCopy, audit: AuditWriter, directory: Path, report: Report, now: datetime) -> None:
