@@ -251,15 +251,21 @@ def _connectors(section: Section) -> tuple[dict[str, ConnectorConfig], dict[str,
     return connectors, types
 
 
-def _clients(section: Section | None, connectors: dict[str, ConnectorConfig]) -> ClientRegistry | None:
-    if section is None:
-        return None
+def _connector_table(section: Section, connectors: dict[str, ConnectorConfig], what: str) -> tuple[str, str]:
+    """A section's `connector` (which must be defined) and its `table` (or `collection`)."""
     connector = section.get("connector", str)
     if connector not in connectors:
         raise section.error("connector", f"unknown connector {connector!r}; defined: {', '.join(connectors)}")
     table = section.get("table", str, None) or section.get("collection", str, None)
     if not table:
-        raise section.error("table", "is required (the table, or `collection` on MongoDB, of client accounts)")
+        raise section.error("table", f"is required (the table, or `collection` on MongoDB, of {what})")
+    return connector, table
+
+
+def _clients(section: Section | None, connectors: dict[str, ConnectorConfig]) -> ClientRegistry | None:
+    if section is None:
+        return None
+    connector, table = _connector_table(section, connectors, "client accounts")
     registry = ClientRegistry(
         connector=connector,
         table=table,
@@ -279,12 +285,7 @@ def _clients(section: Section | None, connectors: dict[str, ConnectorConfig]) ->
 def _holds_source(section: Section | None, connectors: dict[str, ConnectorConfig]) -> HoldSource | None:
     if section is None:
         return None
-    connector = section.get("connector", str)
-    if connector not in connectors:
-        raise section.error("connector", f"unknown connector {connector!r}; defined: {', '.join(connectors)}")
-    table = section.get("table", str, None) or section.get("collection", str, None)
-    if not table:
-        raise section.error("table", "is required (the table, or `collection` on MongoDB, of legal holds)")
+    connector, table = _connector_table(section, connectors, "legal holds")
     source = HoldSource(connector, table, **{name: section.get(name, str, default) for name, default in (
         ("name_field", "name"), ("client_field", "client_id"), ("rule_field", "rule"), ("until_field", "until"),
         ("reason_field", "reason"))})

@@ -56,14 +56,7 @@ def postgres_server() -> Iterator[str]:
          "-c", "max_connections=100", "-c", "shared_buffers=128MB"],
         stdout=subprocess.DEVNULL, stderr=open(log, "wb"), **run_as)  # noqa: SIM115
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL did not start: {log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.05)
+        _wait_for_port(port, process, "PostgreSQL", log)
         time.sleep(0.1)
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
