@@ -8,6 +8,7 @@ import random
 import secrets
 import shutil
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -289,12 +290,18 @@ What to open next:
   {audit_file}   the signed audit log (one JSON event per line)
 Try:
   export RETENTION_PSEUDONYM_KEY=$(cat {root}/keys/pseudonym.key){_mongo_hint(root, mongodb_url)}
-  retention --config {config_path} plan{_s3_hint(config, s3_url)}          # nothing left to do now
-  retention --config {config_path} audit show {result.run_id}
+  {_command('retention')} --config {config_path} plan{_s3_hint(config, s3_url)}          # nothing left to do now
+  {_command('retention')} --config {config_path} audit show {result.run_id}
   openssl pkeyutl -verify -pubin -inkey {root}/keys/audit-public.pem -rawin \\
       -in {audit_file} -sigfile {audit_file}.sig
 """)
     return result.exit_code
+
+
+def _command(name: str) -> str:
+    """A command as the user can type it: its bare name when on PATH, else its path in this environment."""
+    installed = Path(sys.executable).parent / name
+    return name if shutil.which(name) == str(installed) or not installed.exists() else str(installed)
 
 
 def _s3_hint(config: Config, s3_url: str | None) -> str:
@@ -307,5 +314,5 @@ def _s3_hint(config: Config, s3_url: str | None) -> str:
 def _mongo_hint(root: Path, mongodb_url: str | None) -> str:
     if not mongodb_url:
         return ""
-    return (f"\n  secantusd-py --storage-path {root}/mongo --port 27018 &   # the demo's MongoDB, again"
+    return (f"\n  {_command('secantusd-py')} --storage-path {root}/mongo --port 27018 &   # the demo's MongoDB, again"
             "\n  export DEMO_MONGODB_URL=mongodb://127.0.0.1:27018/")
