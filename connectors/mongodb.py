@@ -65,6 +65,12 @@ class MongoConnector(ConnectorDefaults):
         for document in self._collection(table).find({}, projection):
             yield {field: _get(document, field) for field in fields}
 
+    def update_row(self, table: str, key_field: str, key: Any, values: Mapping[str, Any]) -> None:
+        try:
+            self._collection(table).update_one({key_field: key}, {"$set": dict(values)})
+        except PyMongoError as exc:
+            raise ConnectorError(f"update of {table} failed: {_summary(exc)}") from None
+
     def check(self, selection: Selection, action: Action) -> list[str]:
         try:
             self._collection(selection.target)
@@ -88,6 +94,12 @@ class MongoConnector(ConnectorDefaults):
             field = selection.client.field
             expired.append({field: {"$in": sorted(clients.expired, key=repr)}})
             unknown.append({field: {"$nin": sorted(clients.known, key=repr)}})
+        if selection.erasure:  # an erasure request: its records, whatever their age
+            erasure = selection.erasure
+            named: Filter = {erasure.client_field: erasure.client_id}
+            if erasure.subject_field:
+                named[erasure.subject_field] = erasure.subject_id
+            expired, unknown = [named], [NOTHING]
         is_expired = _any(expired)
         fresh: Filter = {selection.marker: None} if selection.marker else {}
         held = selection.held

@@ -62,6 +62,7 @@ class S3Connector(ConnectorDefaults):
     rule_options: ClassVar[tuple[Option, ...]] = (
         Option("prefix", default="", help="only keys under this prefix"),
         Option("client_key", help='where the client id sits in the key, e.g. "clients/{client_id}/"'),
+        Option("subject_key", help='where an end user\'s id sits, e.g. "clients/{client_id}/users/{subject_id}/"'),
     )
     default_age_field: ClassVar[str | None] = "LastModified"
 
@@ -80,6 +81,9 @@ class S3Connector(ConnectorDefaults):
     def read_rows(self, table: str, fields: Sequence[str]) -> Iterator[Mapping[str, Any]]:
         raise ConnectorError("an S3 bucket holds objects, not rows: keep [clients] and hold or request "
                              "tables in a database")
+
+    def update_row(self, table: str, key_field: str, key: Any, values: Mapping[str, Any]) -> None:
+        raise ConnectorError("an S3 bucket holds objects, not rows: keep the requests table in a database")
 
     # -- targets ---------------------------------------------------------------------------------------------
 
@@ -166,6 +170,8 @@ class S3Connector(ConnectorDefaults):
 
     def _class(self, selection: Selection, record: S3Record, age: datetime | None, pattern: re.Pattern[str] | None
                ) -> str:
+        if selection.erasure:
+            return self._erasure_class(selection, record)
         expired, unknown = False, False
         if selection.age:
             expired = age is not None and age < selection.age.cutoff
@@ -182,6 +188,20 @@ class S3Connector(ConnectorDefaults):
             return "unknown_age" if unknown else "kept"
         held = selection.held
         if held.everything or (client_id is not None and client_id in {str(c) for c in held.client_ids}):
+            return "held"
+        return "matched"
+
+    def _erasure_class(self, selection: Selection, record: S3Record) -> str:
+        """An erasure request names keys by their client (and subject) parts; holds and locks still apply."""
+        erasure = selection.erasure
+        assert erasure is not None
+        client = _key_part(erasure.client_field, "client_id", record.key)
+        subject = _key_part(erasure.subject_field, "subject_id", record.key) if erasure.subject_field else None
+        named = client == str(erasure.client_id) and (not erasure.subject_field or subject == str(erasure.subject_id))
+        if not named:
+            return "kept"
+        held = selection.held
+        if held.everything or client in {str(c) for c in held.client_ids}:
             return "held"
         return "matched"
 
@@ -320,7 +340,16 @@ def _parse_age(value: str | None) -> datetime | None:
         return None
 
 
-def _client_pattern(client_key: str) -> re.Pattern[str]:
+def _client_pattern(client_key: str, part: str = "client_id") -> re.Pattern[str]:
     """`clients/{client_id}/` as a regular expression anchored at the start of the key."""
-    before, _, after = client_key.partition("{client_id}")
-    return re.compile(re.escape(before) + r"(?P<client_id>[^/]+)" + re.escape(after))
+    pattern = re.escape(client_key)
+    for name in ("client_id", "subject_id"):
+        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>[^/]+)" if name == part else r"[^/]+")
+    return re.compile(pattern)
+
+
+def _key_part(key_pattern: str | None, part: str, key: str) -> str | None:
+    if not key_pattern:
+        return None
+    match = _client_pattern(key_pattern, part).match(key)
+    return match.group(part) if match and part in match.groupdict() else None

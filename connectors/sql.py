@@ -157,6 +157,13 @@ class SqlConnector(ConnectorDefaults):
             client_expired, client_known = self._client_predicates(table, selection, locking)
             expired.append(client_expired)
             unknown.append(not_(or_(client_expired, client_known)))
+        if selection.erasure:  # an erasure request: its records, whatever their age
+            erasure = selection.erasure
+            named = [table.c[erasure.client_field].is_not(None), table.c[erasure.client_field] == erasure.client_id]
+            if erasure.subject_field:
+                named += [table.c[erasure.subject_field].is_not(None),
+                          table.c[erasure.subject_field] == erasure.subject_id]
+            expired, unknown = [and_(*named)], [false()]
         is_expired = or_(*expired)
         held: ColumnElement[bool] = false()
         if selection.held.everything:
@@ -177,6 +184,15 @@ class SqlConnector(ConnectorDefaults):
         with self.engine.connect() as connection:
             for row in connection.execution_options(stream_results=True, yield_per=5000).execute(select(*columns)):
                 yield dict(row._mapping)
+
+    def update_row(self, table_name: str, key_field: str, key: Any, values: Mapping[str, Any]) -> None:
+        table = self.table(table_name)
+        statement = update(table).where(self._column(table, key_field, "key") == key).values(dict(values))
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(statement)
+        except sa_exc.DBAPIError as exc:
+            raise ConnectorError(f"update of {table_name} failed: {_first_line(exc.orig)}") from None
 
     def _client_predicates(self, table: Any, selection: Selection, locking: bool) -> tuple[ColumnElement[bool], ...]:
         """Expired: every registry row of the client ended before the cutoff. Known: some row has a usable state."""

@@ -274,6 +274,62 @@ def holds_list(state: State, fmt: str) -> None:
         sys.exit(1)
 
 
+@main.group()
+def requests() -> None:
+    """Erasure requests: what each would change (before), what it changed (after)."""
+
+
+def _request_json(request: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": request.id, "client_id": request.client_id, "subject_id": request.subject_id,
+            "reason": request.reason, "received_at": str(request.received_at) if request.received_at else None,
+            "status": request.status, "before": rows, "after": request.result}
+
+
+@requests.command("list")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def requests_list(state: State, fmt: str) -> None:
+    """Every erasure request, oldest first, with what it would change now and its recorded outcome."""
+    previews = engine.request_preview(state.config, state.env, utc_now(), None)
+    if fmt == "json":
+        click.echo(as_json([_request_json(request, rows) for request, rows in previews]))
+        return
+    click.echo(table(["id", "client", "subject", "reason", "received", "status", "would change", "outcome"],
+                     [[r.id, r.client_id, r.subject_id, r.reason, r.received_at, r.status,
+                       sum(row.get("would_change") or 0 for row in rows),
+                       (r.result or {}).get("status")] for r, rows in previews]) if previews else "no requests")
+
+
+@requests.command("show")
+@click.argument("request_id")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def requests_show(state: State, request_id: str, fmt: str) -> None:
+    """One request: per rule and store, what it would change now, and what a run changed (with its audit file)."""
+    ((request, rows),) = engine.request_preview(state.config, state.env, utc_now(), request_id)
+    if fmt == "json":
+        click.echo(as_json(_request_json(request, rows)))
+        return
+    lines = [f"request {request.id}: {request.reason}, client {request.client_id}"
+             + (f", end user {request.subject_id}" if request.subject_id is not None else "")
+             + f", received {request.received_at}, status {request.status}", "", "Before (now):",
+             table(["rule", "target", "action", "would change", "held"],
+                   [[r["rule"], f"{r['connector']}:{r['target']}", r["action"], r.get("would_change"), r.get("held")]
+                    for r in rows])]
+    if request.result:
+        result = request.result
+        lines += ["", f"After (run {result.get('run_id')}, {result.get('at')}): {result.get('status')}",
+                  table(["rule", "target", "action", "changed", "held"],
+                        [[r["rule"], f"{r['connector']}:{r['target']}", r["action"], r["changed"], r["held"]]
+                         for r in result.get("rules", [])]),
+                  f"audit file: {result.get('audit_file')}"]
+        if result.get("held_by"):
+            lines.append(f"pending: held by {', '.join(result['held_by'])}")
+        if result.get("errors"):
+            lines.append("pending: " + "; ".join(result["errors"]))
+    click.echo("\n".join(lines))
+
+
 @main.command()
 @click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
 def connectors(fmt: str) -> None:

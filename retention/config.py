@@ -86,6 +86,23 @@ class HoldSource:
 
 
 @dataclass(frozen=True)
+class RequestSource:
+    """The table or collection of erasure requests: a client's instruction, an end user's request, child data."""
+
+    connector: str
+    table: str
+    id_field: str = "id"
+    client_field: str = "client_id"
+    subject_field: str = "subject_id"
+    reason_field: str = "reason"
+    received_field: str = "received_at"
+    status_field: str = "status"
+    result_field: str = "result"
+    pending_statuses: tuple[str, ...] = ("pending",)
+    done_status: str = "done"
+
+
+@dataclass(frozen=True)
 class Expire:
     after: Duration | None = None
     field: str | None = None
@@ -108,10 +125,16 @@ class Rule:
     max_records: int | None
     batch_size: int | None
     scope: dict[str, Any] = dataclasses.field(default_factory=dict)  # connector-specific target keys (S3: prefix)
+    subject_field: str | None = None  # which field names the end user, for erasure requests
 
     @property
     def client_field(self) -> str | None:
         return self.expire.client_field
+
+    @property
+    def subject(self) -> str | None:
+        """The end user's field, or on S3 the `subject_key` pattern."""
+        return self.subject_field or self.scope.get("subject_key")
 
 
 @dataclass(frozen=True)
@@ -126,6 +149,7 @@ class Config:
     holds: tuple[Hold, ...]
     rules: tuple[Rule, ...]
     holds_source: HoldSource | None = None
+    requests: RequestSource | None = None
 
     def rule(self, name: str) -> Rule:
         for rule in self.rules:
@@ -170,6 +194,7 @@ def _parse(top: Section, path: Path, sha256: str) -> Config:
     rules = _rules(top, connectors, types, clients, pseudonym_key)
     holds = _holds(top, {rule.name: rule for rule in rules})
     holds_source = _holds_source(top.section("holds_source"), connectors)
+    requests = _requests(top.section("requests"), connectors)
     top.done()
     if audit and audit.record_ids == "hashed" and pseudonym_key is None:
         raise ConfigError('record_ids = "hashed" needs secrets.pseudonym_key', source=top.source,
@@ -182,7 +207,7 @@ def _parse(top: Section, path: Path, sha256: str) -> Config:
     if audit and audit.worm and connectors[audit.worm.connector].type != "s3":
         raise ConfigError("the WORM copy needs an s3 connector (S3 Object Lock keeps it unalterable)",
                           source=top.source, key="audit.s3.connector")
-    return Config(path, sha256, job, audit, pseudonym_key, connectors, clients, holds, rules, holds_source)
+    return Config(path, sha256, job, audit, pseudonym_key, connectors, clients, holds, rules, holds_source, requests)
 
 
 def _job(section: Section | None) -> JobConfig:
@@ -293,6 +318,20 @@ def _holds_source(section: Section | None, connectors: dict[str, ConnectorConfig
     return source
 
 
+def _requests(section: Section | None, connectors: dict[str, ConnectorConfig]) -> RequestSource | None:
+    if section is None:
+        return None
+    connector, table = _connector_table(section, connectors, "erasure requests")
+    fields = {name: section.get(name, str, default) for name, default in (
+        ("id_field", "id"), ("client_field", "client_id"), ("subject_field", "subject_id"), ("reason_field", "reason"),
+        ("received_field", "received_at"), ("status_field", "status"), ("result_field", "result"),
+        ("done_status", "done"))}
+    source = RequestSource(connector, table, pending_statuses=section.strings("pending_statuses", ("pending",)),
+                           **fields)
+    section.done()
+    return source
+
+
 def _holds(top: Section, rules_by_name: dict[str, Rule]) -> tuple[Hold, ...]:
     raw = top.raw("holds")
     if is_missing(raw):
@@ -396,6 +435,7 @@ def _rule(section: Section, connectors: dict[str, ConnectorConfig], types: dict[
         max_records=max_records,
         batch_size=_positive(section, "batch_size", None),
         scope=scope,
+        subject_field=section.get("subject_field", str, None) if kind.target_key != "bucket" else None,
     )
     section.done()
     return rule

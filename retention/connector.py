@@ -45,6 +45,10 @@ class Connector(Protocol):
         """Every row of a small table of this store (a client registry, legal holds), as `fields` -> value."""
         ...
 
+    def update_row(self, table: str, key_field: str, key: Any, values: Mapping[str, Any]) -> None:
+        """Set `values` on the row whose `key_field` is `key` (an erasure request's status and result)."""
+        ...
+
     def check(self, selection: Selection, action: Action) -> list[str]:
         """Problems that would stop the rule: missing target or field, unusable type. Empty when fine."""
         ...

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,7 +28,8 @@ from retention.holds import held_scope, load_holds
 from retention.lock import run_lock
 from retention.model import Action, AgeCondition, ClientCondition, Counts, Selection
 from retention.redact import error_summary
-from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, Report, RuleReport
+from retention.report import ERROR, INTERRUPTED, OK, OVER_THRESHOLD, Report, RuleReport
+from retention.requests import ErasureRequest, RequestOutcome, adapt, applies, mark, read_requests
 from retention.secrets import RECORD_ID_LABEL, TRANSFORM_LABEL, derive
 from retention.settings import Environment
 from retention.timeutil import rfc3339
@@ -94,6 +96,8 @@ def open_connectors(config: Config, env: Environment, rules: Sequence[Rule], als
     names = {rule.connector for rule in rules} | set(also)
     if config.holds_source:
         names.add(config.holds_source.connector)
+    if config.requests:
+        names.add(config.requests.connector)
     if config.clients and any(rule.client_field for rule in rules):
         names.add(config.clients.connector)
     opened: dict[str, Connector] = {}
@@ -194,6 +198,9 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
                 rule_report = _rule_report(work)
                 report.rules.append(rule_report)
                 _enforce(connectors, work, rule_report, audit, id_key, config, dry_run)
+            if config.requests:
+                report.requests = _process_requests(config, connectors, holds, keys, audit, now, clock, rules,
+                                                    dry_run)
         except KeyboardInterrupt:
             report.interrupted = True
             failed = report.rules[-1] if report.rules else None
@@ -208,6 +215,68 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
                 _copy_to_worm(worm, audit, config.audit.dir, report, clock())
             structlog.contextvars.unbind_contextvars("run_id")
     return report
+
+
+def _process_requests(config: Config, connectors: dict[str, Connector], holds: Sequence[Hold], keys: RunKeys,
+                      audit: AuditWriter, now: datetime, clock: Clock, rules: Sequence[Rule], dry_run: bool
+                      ) -> list[RequestOutcome]:
+    """Apply every pending erasure request through each rule that can find its records; write back the outcome."""
+    try:
+        pending = read_requests(config, connectors, pending_only=True)
+    except RetentionError as exc:
+        log.error("requests_unreadable", error=str(exc))
+        return [RequestOutcome(ErasureRequest("?", None, None, "", None, "", None), errors=[str(exc)])]
+    outcomes = []
+    for request in pending:
+        outcome = RequestOutcome(request)
+        for rule in [r for r in rules if applies(r, request)]:
+            work = compile_rule(config, rule, now, keys.transform, holds)
+            selection, action = adapt(work.selection, work.action, rule, request)
+            outcome.rules.append(_serve(connectors, RuleWork(rule, selection, action), request, audit,
+                                        keys.record_ids, config, dry_run, outcome))
+        if not dry_run:
+            try:
+                mark(config, connectors, outcome, audit.run_id, str(audit.path), clock())
+            except RetentionError as exc:
+                outcome.errors.append(str(exc))
+        log.info("request_processed", request=str(request.id), done=outcome.done, rules=len(outcome.rules))
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _serve(connectors: dict[str, Connector], work: RuleWork, request: ErasureRequest, audit: AuditWriter,
+           id_key: bytes | None, config: Config, dry_run: bool, outcome: RequestOutcome) -> dict[str, Any]:
+    """One rule's share of one request: count, then change, under the same audit events as a rule."""
+    rule, request_id = work.rule, str(request.id)
+    entry: dict[str, Any] = {"rule": rule.name, "connector": rule.connector, "target": rule.target,
+                             "action": work.action.kind, "matched": 0, "held": 0, "changed": 0, "status": OK}
+    audit.event("rule_started", rule=rule.name, request=request_id, reason=request.reason, connector=rule.connector,
+                target=rule.target, action=work.action.kind, cutoff=None, holds=list(work.selection.held.holds))
+    connector = connectors[rule.connector]
+    try:
+        problems = connector.check(work.selection, work.action)
+        if problems:
+            raise _RuleProblem("; ".join(problems))
+        counts = connector.count(work.selection)
+        entry.update(matched=counts.matched, held=counts.held)
+        if counts.held:
+            outcome.held_by.extend(h for h in work.selection.held.holds if h not in outcome.held_by)
+        if not dry_run:
+            for batch in connector.apply(work.selection, work.action, batch_size=config.batch_size(rule),
+                                         limit=counts.matched, id_key=id_key):
+                fields = {"ids_digest": audit.record_ids("changed", rule.name, batch.ids)[1]} if id_key else {}
+                entry["changed"] += batch.count
+                audit.event("batch_applied", rule=rule.name, request=request_id, action=work.action.kind,
+                            count=batch.count, **fields)
+        audit.event("rule_finished", rule=rule.name, request=request_id, total=counts.total, matched=counts.matched,
+                    changed=entry["changed"], held=counts.held, unknown_age=0, duration_ms=0)
+    except (RetentionError, _RuleProblem) as exc:
+        error_class, message = error_summary(exc)
+        entry.update(status=ERROR, error=message)
+        outcome.errors.append(f"{rule.name}: {message}")
+        audit.event("rule_failed", rule=rule.name, request=request_id, error_class=error_class, message=message,
+                    changed=entry["changed"])
+    return entry
 
 
 def _open_worm(config: Config, connectors: dict[str, Connector]
@@ -403,3 +472,34 @@ def hold_reports(config: Config, env: Environment, now: datetime) -> list[HoldRe
                     errors.append(f"{rule.name}: {exc}")
             reports.append(HoldReport(hold, tuple(rules), records, tuple(errors)))
     return reports
+
+
+def request_preview(config: Config, env: Environment, now: datetime, request_id: str | None
+                    ) -> list[tuple[ErasureRequest, list[dict[str, Any]]]]:
+    """Each request (or the one named), with what it would change now, rule by rule: the confirmation step."""
+    if config.requests is None:
+        raise ConfigError("no [requests] table in the config", source=str(config.path), key="requests")
+    previews = []
+    with open_connectors(config, env, config.rules) as connectors:
+        holds = load_holds(config, connectors)
+        requests = read_requests(config, connectors, pending_only=False)
+        if request_id is not None:
+            requests = [r for r in requests if str(r.id) == request_id]
+            if not requests:
+                raise UsageError(f"no erasure request {request_id!r} in {config.requests.connector}:"
+                                 f"{config.requests.table}")
+        for request in requests:
+            rows = []
+            for rule in [r for r in config.rules if applies(r, request)]:
+                work = compile_rule(config, rule, now, PLAN_KEY, holds)
+                selection, action = adapt(work.selection, work.action, rule, request)
+                row: dict[str, Any] = {"rule": rule.name, "connector": rule.connector, "target": rule.target,
+                                       "action": action.kind}
+                try:
+                    counts = connectors[rule.connector].count(selection)
+                    row.update(would_change=counts.matched, held=counts.held)
+                except RetentionError as exc:
+                    row.update(would_change=None, held=None, error=str(exc))
+                rows.append(row)
+            previews.append((request, rows))
+    return previews

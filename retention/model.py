@@ -76,6 +76,17 @@ class HeldScope:
 
 
 @dataclass(frozen=True)
+class Erasure:
+    """The records an erasure request names, whatever their age: one client's, or one end user's of a client."""
+
+    request_id: str
+    client_field: str
+    client_id: Any
+    subject_field: str | None = None
+    subject_id: Any = None
+
+
+@dataclass(frozen=True)
 class Selection:
     """The records one rule is about, evaluated by the store itself."""
 
@@ -87,6 +98,7 @@ class Selection:
     marker: str | None = None  # records with a marker set were already processed
     scope: dict[str, Any] = field(default_factory=dict)  # connector-specific target keys (S3: prefix)
     now: datetime | None = None  # the evaluation instant, for stores that judge locks themselves (S3)
+    erasure: Erasure | None = None  # set: the records this request names are "expired", age and client aside
 
 
 @dataclass(frozen=True)
@@ -119,4 +131,5 @@ class Batch:
 
 
 __all__ = ["Action", "AgeCondition", "Batch", "ClientCondition", "ClientRegistry", "ClientStates", "Counts", "Duration",
+           "Erasure",
            "HeldScope", "Selection", "Transform"]

@@ -56,12 +56,15 @@ class Report:
     audit_file: Path | None = None
     interrupted: bool = False
     audit_copy_error: str | None = None  # the WORM copy could not be read or written
+    requests: list[Any] = field(default_factory=list)  # RequestOutcome of each erasure request processed
 
 
     @property
     def exit_code(self) -> int:
         statuses = {rule.status for rule in self.rules}
         if ERROR in statuses or INTERRUPTED in statuses or self.interrupted or self.audit_copy_error:
+            return 1
+        if any(outcome.errors for outcome in self.requests):
             return 1
         if OVER_THRESHOLD in statuses:
             return 3
@@ -79,5 +82,8 @@ class Report:
         if self.is_run:
             data.update(run_id=self.run_id, audit_file=str(self.audit_file) if self.audit_file else None,
                         dry_run=self.dry_run, status=self.status, exit_code=self.exit_code,
-                        audit_copy_error=self.audit_copy_error)
+                        audit_copy_error=self.audit_copy_error,
+                        requests=[{"id": o.request.id, "status": "done" if o.done else "pending",
+                                   "held_by": o.held_by, "errors": o.errors, "rules": o.rules}
+                                  for o in self.requests])
         return data
