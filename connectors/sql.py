@@ -201,8 +201,8 @@ class SqlConnector(ConnectorDefaults):
         if selection.client.states is not None:  # the registry lives in another store: its verdict, as lists
             client = table.c[selection.client.field]
             states = selection.client.states
-            return (and_(client.is_not(None), client.in_(sorted(states.expired, key=repr))),
-                    and_(client.is_not(None), client.in_(sorted(states.known, key=repr))))
+            return (and_(client.is_not(None), self.dialect.member_of(client, sorted(states.expired, key=repr))),
+                    and_(client.is_not(None), self.dialect.member_of(client, sorted(states.known, key=repr))))
         clients = self.table(registry.table).alias("registry")
         status, ended_at = clients.c[registry.status_field], clients.c[registry.ended_at_field]
         same_client = clients.c[registry.id_field] == table.c[selection.client.field]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, and_, case, cast, func, literal, literal_column, null, select
+from sqlalchemy import ColumnElement, String, and_, bindparam, case, cast, func, literal, literal_column, null, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import sqltypes
 
@@ -36,6 +38,10 @@ class SqlDialect:
         """The outer statement's rows: those whose key is among the first `size` matching candidates."""
         return key.in_(  # type: ignore[no-any-return]
             select(candidate_key).select_from(candidate_key.table).where(matching).limit(size))
+
+    def member_of(self, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+        """`column` is one of `values`, however many: one bound array (PostgreSQL) or JSON (SQLite), not N binds."""
+        return column.in_(list(values))  # type: ignore[no-any-return]
 
     def count_where(self, predicate: ColumnElement[bool]) -> ColumnElement[int]:
         """How many rows satisfy `predicate`, as one aggregate of a single scan."""
@@ -97,6 +103,10 @@ class PostgresDialect(SqlDialect):
             func.sha256(literal(inner, postgresql.BYTEA()).op("||")(message))))
         return func.encode(digest, "hex")
 
+    def member_of(self, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+        array = bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
+        return column == func.any(array)  # type: ignore[no-any-return]
+
     def chosen_rows(self, key: Any, candidate_key: Any, matching: ColumnElement[bool], size: int
                     ) -> ColumnElement[bool]:
         # By physical row id: a TID scan per batch, where `key IN (...)` would scan the whole table each time.
@@ -146,6 +156,10 @@ class SqliteDialect(SqlDialect):
 
     def has_timestamp(self, column: Any) -> ColumnElement[bool]:
         return and_(func.typeof(column) == "text", func.julianday(column).is_not(None))
+
+    def member_of(self, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+        listed: Any = select(literal_column("value")).select_from(func.json_each(literal(json.dumps(list(values)))))
+        return column.in_(listed)  # type: ignore[no-any-return]
 
     def before(self, column: Any, cutoff: datetime) -> ColumnElement[bool]:
         iso = cutoff.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")

@@ -8,11 +8,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import boto3
+import pytest
 
 from tests.conformance import CLIENTS, NOW_TEXT
 from tests.conftest import NOW
 from tests.helpers import make_sandbox
-from tests.stores import MongoStore, PostgresStore
+from tests.stores import MongoStore, PostgresStore, SqliteStore, SqlStore
 
 
 def test_one_registry_drives_three_stores(tmp_path: Path, pg_store: PostgresStore, mongo_store: MongoStore,
@@ -75,3 +76,73 @@ max_fraction = 1.0
     assert kept == [d["client"] for d in mongo_store.database["sessions"].find().sort("_id", 1)]
     assert sorted(f"clients/{c}/invoice.pdf" for c in kept) == sorted(
         o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+
+
+@pytest.mark.parametrize("target", ["postgres", "sqlite"])
+def test_a_large_registry_in_another_store_is_pushed_as_one_list(target: str, tmp_path: Path,
+                                                                 request: pytest.FixtureRequest) -> None:
+    """70,000 ended clients (more than a statement may bind one by one) reach the target as one list."""
+    import sqlite3
+
+    store: SqlStore = PostgresStore(request.getfixturevalue("pg_database")) if target == "postgres" \
+        else SqliteStore(tmp_path / "app.db")
+
+    registry = tmp_path / "registry.db"
+    with sqlite3.connect(registry) as db:
+        db.execute("CREATE TABLE clients (id TEXT PRIMARY KEY, status TEXT, closed_at DATETIME)")
+        db.executemany("INSERT INTO clients VALUES (?, 'closed', '2020-01-01 00:00:00')",
+                       [(f"c-{n}",) for n in range(70_000)])
+        db.execute("INSERT INTO clients VALUES ('c-live', 'active', NULL)")
+    store.standard_schema()
+    store.insert("end_users", [{"id": 1, "client_id": "c-69999"}, {"id": 2, "client_id": "c-live"},
+                                  {"id": 3, "client_id": "c-nobody"}])
+    box = make_sandbox(tmp_path / "sandbox", store)
+    box.write(f"""
+[connectors.registry]
+type = "sql"
+url = "sqlite:///{registry}"
+
+[[rules]]
+name = "users"
+connector = "app"
+table = "end_users"
+expire = {{ client_field = "client_id", grace = "30 days" }}
+action = "delete"
+max_fraction = 1.0
+""")
+    box.config.write_text(box.config.read_text().replace('[clients]\nconnector = "app"',
+                                                          '[clients]\nconnector = "registry"'))
+    result = box.cli("run", "--now", NOW_TEXT, "--format", "json")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    rule = json.loads(result.stdout)["rules"][0]
+    assert (1, 1, 3) == (rule["changed"], rule["unknown_age"], rule["total"])
+    assert [2, 3] == [r["id"] for r in store.find("end_users")]
+
+
+def test_a_client_reactivated_within_its_grace_keeps_its_records(tmp_path: Path, pg_store: PostgresStore,
+                                                                  mongo_store: MongoStore) -> None:
+    """Closed ten days ago, then active again: nothing of it is deleted, before or after the grace period."""
+    pg_store.standard_schema()
+    pg_store.insert("clients", [{"id": "c-back", "status": "closed", "closed_at": NOW - timedelta(days=10)}])
+    mongo_store.database["sessions"].insert_many([{"client": "c-back"}, {"client": "c-back"}])
+    box = make_sandbox(tmp_path / "sandbox", pg_store)
+    box.write(f"""
+[connectors.events]
+type = "mongodb"
+url = "{mongo_store.url}"
+database = "{mongo_store.database.name}"
+
+[[rules]]
+name = "sessions"
+connector = "events"
+collection = "sessions"
+expire = {{ client_field = "client", grace = "30 days" }}
+action = "delete"
+max_fraction = 1.0
+""")
+    assert 0 == json.loads(box.cli("plan", "--now", NOW_TEXT, "--format", "json").stdout)["rules"][0]["matched"]
+    pg_store.update("clients", "c-back", {"status": "active"})
+    later = (NOW + timedelta(days=60)).isoformat()
+    rule = json.loads(box.cli("plan", "--now", later, "--format", "json").stdout)["rules"][0]
+    assert (0, 0) == (rule["matched"], rule["unknown_age"])
+    assert 2 == mongo_store.database["sessions"].count_documents({})
