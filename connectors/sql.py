@@ -159,10 +159,12 @@ class SqlConnector(ConnectorDefaults):
             unknown.append(not_(or_(client_expired, client_known)))
         if selection.erasure:  # an erasure request: its records, whatever their age
             erasure = selection.erasure
-            named = [table.c[erasure.client_field].is_not(None), table.c[erasure.client_field] == erasure.client_id]
-            if erasure.subject_field:
-                named += [table.c[erasure.subject_field].is_not(None),
-                          table.c[erasure.subject_field] == erasure.subject_id]
+            named: list[ColumnElement[bool]] = []
+            for field, value in ((erasure.client_field, erasure.client_id),
+                                 (erasure.subject_field, erasure.subject_id)):
+                if field:  # the value as the column's type: a request's "4" names end user 4 of a BIGINT key
+                    column = table.c[field]
+                    named += [column.is_not(None), column == literal(value, column.type)]
             expired, unknown = [and_(*named)], [false()]
         is_expired = or_(*expired)
         held: ColumnElement[bool] = false()

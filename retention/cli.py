@@ -316,6 +316,7 @@ def requests_show(state: State, request_id: str, fmt: str) -> None:
              table(["rule", "target", "action", "would change", "held"],
                    [[r["rule"], f"{r['connector']}:{r['target']}", r["action"], r.get("would_change"), r.get("held")]
                     for r in rows])]
+    lines += [f"  {r['rule']}: {r['error']}" for r in rows if r.get("error")]
     if request.result:
         result = request.result
         lines += ["", f"After (run {result.get('run_id')}, {result.get('at')}): {result.get('status')}",

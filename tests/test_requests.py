@@ -116,3 +116,11 @@ def test_requests_show_confirms_before_and_after(sandbox: Sandbox, pg_store: Pos
     assert {"end-users": 1, "sessions": 3, "photos": 3} == {r["rule"]: r["changed"] for r in after["after"]["rules"]}
     text = sandbox.cli("requests", "show", "r-3").stdout
     assert "Before (now):" in text and "After (run" in text and report["audit_file"] in text
+
+
+def test_a_text_subject_names_an_integer_key(sandbox: Sandbox, pg_store: PostgresStore) -> None:
+    """Request tables hold ids as text; "4" still names end user 4 of an INTEGER column."""
+    sandbox.config.write_text(sandbox.config.read_text().replace('subject_field = "email"', 'subject_field = "id"'))
+    request(pg_store, "r-4", "c-asked", "4", "end_user_request")
+    outcome = run(sandbox)["requests"][0]
+    assert ("done", 1) == (outcome["status"], next(r["changed"] for r in outcome["rules"] if r["rule"] == "end-users"))
