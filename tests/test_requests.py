@@ -119,8 +119,8 @@ def test_requests_show_confirms_before_and_after(sandbox: Sandbox, pg_store: Pos
 
 
 def test_a_text_subject_names_an_integer_key(sandbox: Sandbox, pg_store: PostgresStore) -> None:
-    """Request tables hold ids as text; "4" still names end user 4 of an INTEGER column."""
+    """Request tables hold ids as text; "0" still names end user 0 of an INTEGER column."""
     sandbox.config.write_text(sandbox.config.read_text().replace('subject_field = "email"', 'subject_field = "id"'))
-    request(pg_store, "r-4", "c-asked", "4", "end_user_request")
+    request(pg_store, "r-4", "c-active", "0", "end_user_request")
     outcome = run(sandbox)["requests"][0]
     assert ("done", 1) == (outcome["status"], next(r["changed"] for r in outcome["rules"] if r["rule"] == "end-users"))
