@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time
 from typing import Any
 
@@ -79,7 +79,3 @@ def held_scope(holds: Iterable[Hold], rule: Rule, now: datetime) -> HeldScope:
     everything = any(not hold.client_ids or not rule.client_field for hold in active)
     client_ids = tuple(dict.fromkeys(cid for hold in active for cid in hold.client_ids))
     return HeldScope(everything, rule.client_field, client_ids, tuple(hold.name for hold in active))
-
-
-def active_holds(holds: Sequence[Hold], now: datetime) -> list[Hold]:
-    return [hold for hold in holds if hold.active_at(now)]

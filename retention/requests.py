@@ -8,7 +8,7 @@ A request is marked done, with its per-rule counts, only when all of its work su
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -119,7 +119,3 @@ def mark(config: Config, connectors: Mapping[str, Connector], outcome: RequestOu
     if outcome.done:
         values[source.status_field] = source.done_status
     connectors[source.connector].update_row(source.table, source.id_field, outcome.request.id, values)
-
-
-def applicable_rules(config: Config, request: ErasureRequest, names: Sequence[str] = ()) -> list[Rule]:
-    return [rule for rule in config.rules if applies(rule, request) and (not names or rule.name in names)]
