@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pymongo
@@ -164,12 +164,12 @@ class MongoConnector(ConnectorDefaults):
         return f"db.{selection.target}.updateMany({matched!r}, {self._pipeline(action, {})!r})"
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
-              id_key: bytes | None) -> Iterator[Batch]:
+              id_key: bytes | None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
         key = selection.key or "_id"
         collection = self._collection(selection.target)
         hasher = KeyedHasher(id_key) if id_key else None
         remaining = limit
-        while remaining > 0:
+        while remaining > 0 and not should_stop():
             try:
                 batch = self._apply_batch(collection, selection, action, key, min(batch_size, remaining))
             except PyMongoError as exc:

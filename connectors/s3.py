@@ -245,7 +245,7 @@ class S3Connector(ConnectorDefaults):
                 f"DeleteObjects up to {DELETE_CAP} keys (by VersionId when versioned), {IN_FLIGHT} calls in flight")
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
-              id_key: bytes | None) -> Iterator[Batch]:
+              id_key: bytes | None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
         """Delete matched records as the listing streams by, at most `limit`; per-key errors fail the rule."""
         bucket = selection.target
         versioned = self._versioned(bucket)
@@ -269,14 +269,15 @@ class S3Connector(ConnectorDefaults):
                         yield Batch(len(deleted), tuple(hasher(r.identity) for r in deleted) if hasher else ())
 
             for page in self._judged(selection):
-                if submitted >= limit:
-                    break  # all that the count found is on its way: no need to list the rest
+                if submitted >= limit or should_stop():
+                    chunk = [] if should_stop() else chunk
+                    break  # all that the count found is on its way (or a stop was asked for): list no more
                 for record, kind in page:
                     if kind != "matched" or submitted >= limit:
                         continue
                     chunk.append(record)
                     submitted += 1
-                    if len(chunk) == size:
+                    if len(chunk) == size and not should_stop():
                         if len(in_flight) >= IN_FLIGHT:
                             yield from finished(block=True)
                         in_flight.add(deleters.submit(self._delete, bucket, chunk))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -30,7 +31,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from connectors.sql_dialects import SqlDialect, SqliteDialect, dialect_for, is_timestamp
 from retention.connector import ConnectorDefaults, Option
-from retention.errors import ConfigError, ConnectorError, TargetMissing
+from retention.errors import ConfigError, ConnectorError, LockHeld, TargetMissing
 from retention.model import Action, Batch, ClientRegistry, Counts, Selection
 from retention.redact import scrub
 from retention.transforms import KeyedHasher
@@ -187,6 +188,30 @@ class SqlConnector(ConnectorDefaults):
             for row in connection.execution_options(stream_results=True, yield_per=5000).execute(select(*columns)):
                 yield dict(row._mapping)
 
+    @contextmanager
+    def advisory_lock(self, key: int) -> Iterator[None]:
+        """A session-level PostgreSQL advisory lock, held on its own connection for the whole run.
+
+        PostgreSQL releases it when that session ends, so a host that dies never leaves the lock behind.
+        """
+        try:
+            connection = self.engine.connect()
+        except sa_exc.DBAPIError as exc:
+            raise ConnectorError(f"cannot reach the database for the run lock: {_first_line(exc.orig)}") from None
+        try:
+            got = connection.execute(select(func.pg_try_advisory_lock(key))).scalar()
+            connection.commit()
+            if not got:
+                raise LockHeld(f"another host holds the run lock (PostgreSQL advisory lock {key} on connector "
+                               f"{self.name}); nothing was changed")
+            try:
+                yield
+            finally:
+                connection.execute(select(func.pg_advisory_unlock(key)))
+                connection.commit()
+        finally:
+            connection.close()
+
     def update_row(self, table_name: str, key_field: str, key: Any, values: Mapping[str, Any]) -> None:
         table = self.table(table_name)
         statement = update(table).where(self._column(table, key_field, "key") == key).values(dict(values))
@@ -270,10 +295,10 @@ class SqlConnector(ConnectorDefaults):
         return str(compiled).replace("\n", " ")
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
-              id_key: bytes | None) -> Iterator[Batch]:
+              id_key: bytes | None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
         remaining = limit
         hasher = KeyedHasher(id_key) if id_key else None
-        while remaining > 0:
+        while remaining > 0 and not should_stop():
             statement = self.build(selection, action, min(batch_size, remaining), id_key)
             try:
                 with self.engine.begin() as connection:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import structlog
 
 from retention import __version__, engine
 from retention.audit import generate_keypair, load_private_key, load_public_keys, verify
@@ -141,10 +145,28 @@ def plan(state: State, rules: tuple[str, ...], now_text: str | None, fmt: str) -
 def run(state: State, rules: tuple[str, ...], now_text: str | None, dry_run: bool, fmt: str) -> None:
     """Enforce the rules; always writes a signed audit log (a --dry-run run too)."""
     override = _now_option(now_text)
-    result = engine.run(state.config, state.env, override or utc_now(), utc_now, rule_names=rules,
-                        dry_run=dry_run, clock_override=override is not None)
+    with stop_on_signals() as stop:
+        result = engine.run(state.config, state.env, override or utc_now(), utc_now, rule_names=rules,
+                            dry_run=dry_run, clock_override=override is not None, should_stop=stop.is_set)
     click.echo(report(result, fmt))
     sys.exit(result.exit_code)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT ask the run to stop after the batch in flight; the log is still finished and signed."""
+    stop = threading.Event()
+
+    def ask(signum: int, _frame: object) -> None:
+        stop.set()
+        structlog.get_logger("retention").warning("stop_requested", signal=signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @main.group()

@@ -30,6 +30,8 @@ class JobConfig:
     schedule: str = "0 3 * * *"
     state_dir: Path = Path("var/retention")
     batch_size: int = 5000
+    lock_connector: str | None = None  # also take a PostgreSQL advisory lock there: one run across hosts
+    metrics_file: Path | None = None  # a Prometheus textfile, written atomically after each run
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,12 @@ def _parse(top: Section, path: Path, sha256: str) -> Config:
     if audit and audit.record_ids == "hashed" and pseudonym_key is None:
         raise ConfigError('record_ids = "hashed" needs secrets.pseudonym_key', source=top.source,
                           key="audit.record_ids")
+    if job.lock_connector and connectors.get(job.lock_connector) is None:
+        raise ConfigError(f"unknown connector {job.lock_connector!r}; defined: {', '.join(connectors)}",
+                          source=top.source, key="job.lock.connector")
+    if job.lock_connector and connectors[job.lock_connector].type != "postgres":
+        raise ConfigError("the cross-host lock is a PostgreSQL advisory lock: name a postgres connector",
+                          source=top.source, key="job.lock.connector")
     if audit and audit.record_ids == "":
         audit = dataclasses.replace(audit, record_ids="hashed" if pseudonym_key else "none")
     if audit and audit.worm and connectors.get(audit.worm.connector, None) is None:
@@ -223,7 +231,13 @@ def _job(section: Section | None) -> JobConfig:
     if len(schedule.split()) != 5:
         raise section.error("schedule", f'expected a 5-field cron expression like "0 3 * * *", got {schedule!r}')
     batch_size = _positive(section, "batch_size", 5000)
-    job = JobConfig(timezone, schedule, Path(section.get("state_dir", str, "var/retention")), batch_size)
+    lock = section.section("lock")
+    lock_connector = lock.get("connector", str) if lock else None
+    if lock:
+        lock.done()
+    metrics = section.get("metrics_file", str, None)
+    job = JobConfig(timezone, schedule, Path(section.get("state_dir", str, "var/retention")), batch_size,
+                    lock_connector, Path(metrics) if metrics else None)
     section.done()
     return job
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
@@ -64,10 +64,11 @@ class Connector(Protocol):
         ...
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
-              id_key: bytes | None) -> Iterator[Batch]:
+              id_key: bytes | None, should_stop: Callable[[], bool] = ...) -> Iterator[Batch]:
         """Change at most `limit` selected records, one committed batch at a time, re-checking the predicate.
 
-        With `id_key`, each Batch also names its records by keyed hash, computed in the store where it can.
+        With `id_key`, each Batch also names its records by keyed hash. Once `should_stop()` is true no new
+        batch starts; batches already under way finish and are yielded.
         """
         ...
 

@@ -25,7 +25,7 @@ from retention.config import Config, Hold, Rule
 from retention.connector import Connector, connector_type
 from retention.errors import AuditError, ConfigError, RetentionError, UsageError
 from retention.holds import held_scope, load_holds
-from retention.lock import run_lock
+from retention.lock import host_lock, run_lock
 from retention.model import Action, AgeCondition, ClientCondition, Counts, Selection
 from retention.redact import error_summary
 from retention.report import ERROR, INTERRUPTED, OK, OVER_THRESHOLD, Report, RuleReport
@@ -161,8 +161,13 @@ def plan(config: Config, env: Environment, now: datetime, rule_names: Sequence[s
     return report
 
 
+class Interrupted(BaseException):
+    """A stop was asked for (SIGTERM, SIGINT): raised between batches, so no batch is ever half-applied."""
+
+
 def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_names: Sequence[str] = (),
-        dry_run: bool = False, clock_override: bool = False) -> Report:
+        dry_run: bool = False, clock_override: bool = False, should_stop: Callable[[], bool] = lambda: False
+        ) -> Report:
     """Enforce the rules at `now`, batch by batch, writing and signing the audit log as it goes."""
     if now > clock():
         raise UsageError(f"--now {rfc3339(now)} is later than the current time; a run may not expire records early")
@@ -172,8 +177,9 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
 
     assert config.audit is not None  # _run_keys has checked
     worm_config = config.audit.worm
-    with open_connectors(config, env, rules, also=[worm_config.connector] if worm_config else []) as connectors, \
-            run_lock(config.job.state_dir):
+    extra = [name for name in (worm_config.connector if worm_config else None, config.job.lock_connector) if name]
+    with open_connectors(config, env, rules, also=extra) as connectors, run_lock(config.job.state_dir), \
+            host_lock(connectors.get(config.job.lock_connector or "")):
         holds = load_holds(config, connectors)  # read under the lock, just before anything changes
         works = [compile_rule(config, rule, now, keys.transform, holds) for rule in rules]
         run_id = uuid.uuid4().hex[:16]
@@ -195,13 +201,15 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
         started = time.monotonic()
         try:
             for work in works:
+                if should_stop():
+                    raise Interrupted
                 rule_report = _rule_report(work)
                 report.rules.append(rule_report)
-                _enforce(connectors, work, rule_report, audit, id_key, config, dry_run)
+                _enforce(connectors, work, rule_report, audit, id_key, config, dry_run, should_stop)
             if config.requests:
                 report.requests = _process_requests(config, connectors, holds, keys, audit, now, clock, rules,
-                                                    dry_run)
-        except KeyboardInterrupt:
+                                                    dry_run, should_stop)
+        except (Interrupted, KeyboardInterrupt):
             report.interrupted = True
             failed = report.rules[-1] if report.rules else None
             if failed:
@@ -218,8 +226,8 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
 
 
 def _process_requests(config: Config, connectors: dict[str, Connector], holds: Sequence[Hold], keys: RunKeys,
-                      audit: AuditWriter, now: datetime, clock: Clock, rules: Sequence[Rule], dry_run: bool
-                      ) -> list[RequestOutcome]:
+                      audit: AuditWriter, now: datetime, clock: Clock, rules: Sequence[Rule], dry_run: bool,
+                      should_stop: Callable[[], bool]) -> list[RequestOutcome]:
     """Apply every pending erasure request through each rule that can find its records; write back the outcome."""
     try:
         pending = read_requests(config, connectors, pending_only=True)
@@ -228,6 +236,8 @@ def _process_requests(config: Config, connectors: dict[str, Connector], holds: S
         return [RequestOutcome(ErasureRequest("?", None, None, "", None, "", None), errors=[str(exc)])]
     outcomes = []
     for request in pending:
+        if should_stop():
+            raise Interrupted
         outcome = RequestOutcome(request)
         for rule in [r for r in rules if applies(r, request)]:
             work = compile_rule(config, rule, now, keys.transform, holds)
@@ -342,7 +352,7 @@ def _run_keys(config: Config, env: Environment) -> RunKeys:
 
 
 def _enforce(connectors: dict[str, Connector], work: RuleWork, report: RuleReport, audit: AuditWriter,
-             id_key: bytes | None, config: Config, dry_run: bool) -> None:
+             id_key: bytes | None, config: Config, dry_run: bool, should_stop: Callable[[], bool]) -> None:
     """One rule: assess, then change batch by batch; a failure is recorded and the run goes on."""
     rule = work.rule
     structlog.contextvars.bind_contextvars(rule=rule.name, connector=rule.connector)
@@ -362,13 +372,15 @@ def _enforce(connectors: dict[str, Connector], work: RuleWork, report: RuleRepor
             return
         if not dry_run:
             for batch in connector.apply(work.selection, work.action, batch_size=config.batch_size(rule),
-                                         limit=counts.matched, id_key=id_key):
+                                         limit=counts.matched, id_key=id_key, should_stop=should_stop):
                 fields = {}
                 if id_key:
                     fields["ids_digest"] = audit.record_ids("changed", rule.name, batch.ids)[1]
                 report.changed += batch.count
                 audit.event("batch_applied", rule=rule.name, action=rule.action, count=batch.count, **fields)
                 log.debug("batch_applied", count=batch.count, changed=report.changed)
+            if should_stop():
+                raise Interrupted  # every batch the store finished is in the log; no new one was started
         held_fields = _record_held(connector, work, counts, audit, id_key, config) if id_key else {}
         report.duration_ms = int((time.monotonic() - started) * 1000)
         audit.event("rule_finished", rule=rule.name, total=report.total, matched=report.matched,

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from retention.errors import ConfigError, LockHeld
+
+# The advisory lock's key: the first 8 bytes of SHA-256("retention"), the same on every host.
+ADVISORY_KEY = int.from_bytes(hashlib.sha256(b"retention").digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def host_lock(connector: Any) -> Iterator[None]:
+    """With `job.lock`, the PostgreSQL advisory lock that keeps two hosts from enforcing at once."""
+    if connector is None:
+        yield
+        return
+    with connector.advisory_lock(ADVISORY_KEY):
+        yield
 
 
 @contextmanager
