@@ -26,6 +26,7 @@ from retention.connector import Connector, connector_type
 from retention.errors import AuditError, ConfigError, RetentionError, UsageError
 from retention.holds import held_scope, load_holds
 from retention.lock import host_lock, run_lock
+from retention.metrics import write_metrics
 from retention.model import Action, AgeCondition, ClientCondition, Counts, Selection
 from retention.redact import error_summary
 from retention.report import ERROR, INTERRUPTED, OK, OVER_THRESHOLD, Report, RuleReport
@@ -221,6 +222,11 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
             _finish(audit, report, started, id_key is not None)
             if worm:
                 _copy_to_worm(worm, audit, config.audit.dir, report, clock())
+            if config.job.metrics_file:
+                try:
+                    write_metrics(config.job.metrics_file, report, config.job.state_dir, clock())
+                except OSError as exc:
+                    log.error("metrics_not_written", error=exc.strerror, path=str(config.job.metrics_file))
             structlog.contextvars.unbind_contextvars("run_id")
     return report
 

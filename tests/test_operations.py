@@ -72,3 +72,19 @@ def test_a_second_host_exits_4_while_the_advisory_lock_is_held(sandbox: Sandbox,
         assert 4 == result.exit_code and "another host holds the run lock" in result.stderr
         assert [] == audit_files(sandbox)
     assert 0 == sandbox.cli("run").exit_code  # released with the session that held it
+
+
+def test_metrics_file_has_per_rule_counts_status_and_last_success(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The Prometheus textfile appears atomically (folders created) with the run's numbers."""
+    metrics = tmp_path / "textfile" / "sub" / "retention.prom"
+    sandbox.config.write_text(sandbox.config.read_text().replace(
+        "batch_size = 2\n", f'batch_size = 1000\nmetrics_file = "{metrics}"\n'))
+    assert 0 == sandbox.cli("run").exit_code
+    text = metrics.read_text()
+    for line in ('retention_rule_changed{rule="cookies"} 3000.0', 'retention_rule_matched{rule="cookies"} 3000.0',
+                 'retention_rule_failed{rule="cookies"} 0.0', "retention_run_exit_code 0.0",
+                 "retention_run_success 1.0"):
+        assert line in text
+    success = next(line for line in text.splitlines() if line.startswith("retention_last_success_timestamp_seconds"))
+    assert float(success.split()[1]) > 0
+    assert not list(metrics.parent.glob("*.tmp*"))

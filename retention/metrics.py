@@ -1,0 +1,44 @@
+"""The Prometheus textfile (for node_exporter's textfile collector), written atomically after every run."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+from retention.report import Report
+
+LAST_SUCCESS = "last_success"  # in job.state_dir: survives failed runs, so the gauge never goes back to zero
+
+
+def write_metrics(path: Path, report: Report, state_dir: Path, finished: datetime) -> None:
+    """Per-rule counts and duration, the run's status and exit code, and when a run last succeeded."""
+    registry = CollectorRegistry()
+    per_rule = {name: Gauge(f"retention_rule_{name}", help_text, ["rule"], registry=registry)
+                for name, help_text in (("matched", "Records the rule matched in the last run"),
+                                        ("changed", "Records the rule changed in the last run"),
+                                        ("held", "Expired records kept by legal holds or Object Lock"),
+                                        ("unknown_age", "Records whose age or client could not be established"),
+                                        ("duration_seconds", "How long the rule took"),
+                                        ("failed", "1 if the rule failed, was interrupted or was skipped"))}
+    for rule in report.rules:
+        for name in ("matched", "changed", "held", "unknown_age"):
+            per_rule[name].labels(rule.name).set(getattr(rule, name))
+        per_rule["duration_seconds"].labels(rule.name).set(rule.duration_ms / 1000)
+        per_rule["failed"].labels(rule.name).set(0 if rule.status == "ok" else 1)
+    Gauge("retention_run_exit_code", "Exit code of the last run", registry=registry).set(report.exit_code)
+    Gauge("retention_run_success", "1 if the last run completed every rule", registry=registry).set(
+        1 if report.exit_code == 0 else 0)
+    Gauge("retention_run_dry_run", "1 if the last run was a dry run", registry=registry).set(int(report.dry_run))
+    Gauge("retention_last_run_timestamp_seconds", "When the last run finished", registry=registry).set(
+        finished.timestamp())
+    marker = state_dir / LAST_SUCCESS
+    if report.exit_code == 0 and not report.dry_run:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{finished.timestamp()}\n")
+    last_success = float(marker.read_text()) if marker.exists() else 0.0
+    Gauge("retention_last_success_timestamp_seconds", "When a run last completed every rule (0: never)",
+          registry=registry).set(last_success)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)  # a temporary file renamed into place: readers never see half of it
