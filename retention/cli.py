@@ -152,6 +152,48 @@ def run(state: State, rules: tuple[str, ...], now_text: str | None, dry_run: boo
     sys.exit(result.exit_code)
 
 
+@main.command()
+@click.option("--once", is_flag=True, help="Run now, once, and exit with the run's exit code.")
+@click.pass_obj
+def schedule(state: State, once: bool) -> None:
+    """Run `run` on the cron schedule in the config (job.schedule, job.timezone) until stopped."""
+    from retention import schedule as scheduling
+
+    config = state.config
+    if once:
+        with stop_on_signals() as once_stop:
+            code = _scheduled_run(state, once_stop)
+        sys.exit(code)
+    stop = threading.Event()
+    scheduler = scheduling.build(config.job, lambda: _scheduled_run(state, stop))
+
+    def shut_down(signum: int, _frame: object) -> None:
+        stop.set()  # a run in progress stops after its batch in flight, then signs its log
+        structlog.get_logger("retention").warning("scheduler_stopping", signal=signal.Signals(signum).name)
+        scheduler.shutdown(wait=False)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, shut_down)
+    following = scheduling.next_fire(config.job, utc_now())
+    structlog.get_logger("retention").info("scheduler_started", schedule=config.job.schedule,
+                                           timezone=config.job.timezone,
+                                           next_run=following.isoformat() if following else None)
+    scheduler.start()
+
+
+def _scheduled_run(state: State, stop: threading.Event) -> int:
+    """One scheduled run: the config read afresh, the report on stdout; errors become exit codes, not crashes."""
+    try:
+        config = load_config(config_path(state.config_option))
+        result = engine.run(config, state.env, utc_now(), utc_now, should_stop=stop.is_set)
+    except RetentionError as exc:
+        structlog.get_logger("retention").error("scheduled_run_refused", error=hide(str(exc), state.env.revealed),
+                                                exit_code=exc.exit_code)
+        return exc.exit_code
+    click.echo(report(result, "json"))
+    return result.exit_code
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
     """SIGTERM and SIGINT ask the run to stop after the batch in flight; the log is still finished and signed."""

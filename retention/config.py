@@ -230,6 +230,12 @@ def _job(section: Section | None) -> JobConfig:
     schedule = section.get("schedule", str, "0 3 * * *")
     if len(schedule.split()) != 5:
         raise section.error("schedule", f'expected a 5-field cron expression like "0 3 * * *", got {schedule!r}')
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(schedule, timezone=zoneinfo.ZoneInfo(timezone))
+    except ValueError as exc:
+        raise section.error("schedule", f"not a valid cron expression ({exc}): {schedule!r}") from None
     batch_size = _positive(section, "batch_size", 5000)
     lock = section.section("lock")
     lock_connector = lock.get("connector", str) if lock else None

@@ -88,3 +88,61 @@ def test_metrics_file_has_per_rule_counts_status_and_last_success(sandbox: Sandb
     success = next(line for line in text.splitlines() if line.startswith("retention_last_success_timestamp_seconds"))
     assert float(success.split()[1]) > 0
     assert not list(metrics.parent.glob("*.tmp*"))
+
+
+def test_schedule_once_runs_now_and_exits_with_the_run_code(sandbox: Sandbox) -> None:
+    """`schedule --once` is the same run, now: report on stdout, a signed log, the run's exit code."""
+    result = sandbox.cli("schedule", "--once")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    assert 3000 == json.loads(result.stdout)["rules"][0]["changed"]
+    assert 1 == len(audit_files(sandbox))
+
+
+def test_the_next_fire_time_follows_schedule_and_time_zone() -> None:
+    """03:00 in Europe/Berlin is 02:00 UTC in winter; the next one after noon is tomorrow's."""
+    from datetime import UTC, datetime
+
+    from retention.config import JobConfig
+    from retention.schedule import next_fire
+
+    job = JobConfig(timezone="Europe/Berlin", schedule="0 3 * * *")
+    fire = next_fire(job, datetime(2026, 11, 29, 12, 0, tzinfo=UTC))
+    assert fire is not None
+    assert datetime(2026, 11, 30, 2, 0, tzinfo=UTC) == fire.astimezone(UTC)
+
+
+def test_the_scheduler_fires_the_run_once_at_a_time() -> None:
+    """Built like `retention schedule` builds it (coalesced, one instance, a grace time), a short trigger fires it."""
+    import threading
+    from datetime import UTC, datetime
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.date import DateTrigger
+
+    from retention.config import JobConfig
+    from retention.schedule import JOB_ID, MISFIRE_GRACE_SECONDS, build
+
+    fired = threading.Event()
+    scheduler = build(JobConfig(), lambda: fired.set() or 0, scheduler=BackgroundScheduler(timezone="UTC"),
+                      when=DateTrigger(run_date=datetime.now(UTC) + timedelta(milliseconds=300)))
+    job = scheduler.get_job(JOB_ID)
+    assert (True, 1, MISFIRE_GRACE_SECONDS) == (job.coalesce, job.max_instances, job.misfire_grace_time)
+    scheduler.start()
+    try:
+        assert fired.wait(timeout=10)
+    finally:
+        scheduler.shutdown(wait=True)
+
+
+def test_a_bad_cron_expression_is_a_config_error(tmp_path: Path) -> None:
+    """job.schedule is checked when the config is read, with the key named."""
+    from click.testing import CliRunner
+
+    from retention.cli import main
+
+    path = tmp_path / "retention.toml"
+    path.write_text('[job]\nschedule = "0 25 * * *"\n[connectors.app]\ntype = "sql"\nurl = "sqlite://"\n'
+                    '[[rules]]\nname = "r"\nconnector = "app"\ntable = "t"\n'
+                    'expire = { after = "1 day", field = "f" }\naction = "delete"\n')
+    result = CliRunner().invoke(main, ["--config", str(path), "check", "--offline"])
+    assert 2 == result.exit_code and "job.schedule: not a valid cron expression" in result.stderr
