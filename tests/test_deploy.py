@@ -1,0 +1,67 @@
+"""The deploy files run the same CLI on the same schedule as the shipped config says."""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+from pathlib import Path
+
+import yaml
+
+from retention.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy" / "cron"
+CONFIG = load_config(ROOT / "config" / "retention.toml")
+
+
+def systemd(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(DEPLOY / name)
+    return parser
+
+
+def runs_retention(command: list[str]) -> bool:
+    """`retention [--config PATH] [global options] run`, with the config at /etc/retention/retention.toml."""
+    return (command[0].endswith("retention") and command[command.index("--config") + 1] ==
+            "/etc/retention/retention.toml" and command[-1] == "run")
+
+
+def test_the_crontab_line_matches_the_config_schedule() -> None:
+    """Five cron fields equal job.schedule, in UTC, and the line runs `retention ... run`."""
+    lines = [line for line in (DEPLOY / "crontab").read_text().splitlines() if line and not line.startswith("#")]
+    assert "CRON_TZ=UTC" in lines and "UTC" == CONFIG.job.timezone
+    entry = next(line for line in lines if line[0].isdigit() or line[0] == "*")
+    assert CONFIG.job.schedule.split() == entry.split()[:5]
+    assert "retention" == entry.split()[5]  # the user it runs as
+    command = shlex.split(entry.split("&&")[-1].split(">>")[0])
+    assert runs_retention(command)
+
+
+def test_the_systemd_timer_and_service_match_and_are_sandboxed() -> None:
+    """OnCalendar is 03:00 UTC like "0 3 * * *"; the service runs the CLI oneshot with sandboxing options."""
+    minute, hour, *_ = CONFIG.job.schedule.split()
+    assert f"*-*-* {int(hour):02d}:{int(minute):02d}:00 UTC" == systemd("retention.timer")["Timer"]["OnCalendar"]
+    service = systemd("retention.service")["Service"]
+    assert "oneshot" == service["Type"]
+    assert runs_retention(shlex.split(service["ExecStart"]))
+    for option, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
+                          ("PrivateTmp", "yes"), ("KillSignal", "SIGTERM")):
+        assert value == service[option], option
+
+
+def test_the_kubernetes_cronjob_forbids_overlap_and_uses_secrets_and_a_configmap() -> None:
+    """Same schedule and time zone, concurrencyPolicy Forbid, key and secrets from Secrets, config from a ConfigMap."""
+    job = yaml.safe_load((DEPLOY / "cronjob.yaml").read_text())
+    assert ("CronJob", CONFIG.job.schedule, CONFIG.job.timezone, "Forbid") == (
+        job["kind"], job["spec"]["schedule"], job["spec"]["timeZone"], job["spec"]["concurrencyPolicy"])
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert runs_retention(container["command"])
+    env = {item["name"]: item for item in container["env"]}
+    assert "secretKeyRef" in env["RETENTION_PSEUDONYM_KEY"]["valueFrom"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert "retention-config" == volumes["config"]["configMap"]["name"]
+    assert "retention-signing-key" == volumes["signing-key"]["secret"]["secretName"]
+    assert "Never" == pod["restartPolicy"] and container["securityContext"]["runAsNonRoot"] is True
