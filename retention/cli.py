@@ -22,6 +22,7 @@ from retention.config import Config, config_path, load_config
 from retention.connector import connector_types
 from retention.errors import ConfigError, RetentionError, UsageError
 from retention.logs import configure
+from retention.progress import for_terminal
 from retention.redact import hide, scrub
 from retention.render import as_json, markdown, report, table
 from retention.settings import Environment
@@ -131,7 +132,7 @@ def check(state: State, offline: bool) -> None:
 @click.pass_obj
 def plan(state: State, rules: tuple[str, ...], now_text: str | None, fmt: str) -> None:
     """Dry run: what each rule would do now. Changes nothing; needs no signing key."""
-    result = engine.plan(state.config, state.env, _now_option(now_text) or utc_now(), rules)
+    result = engine.plan(state.config, state.env, _now_option(now_text) or utc_now(), rules, for_terminal())
     click.echo(report(result, fmt))
     sys.exit(result.exit_code)
 
@@ -147,7 +148,8 @@ def run(state: State, rules: tuple[str, ...], now_text: str | None, dry_run: boo
     override = _now_option(now_text)
     with stop_on_signals() as stop:
         result = engine.run(state.config, state.env, override or utc_now(), utc_now, rule_names=rules,
-                            dry_run=dry_run, clock_override=override is not None, should_stop=stop.is_set)
+                            dry_run=dry_run, clock_override=override is not None, should_stop=stop.is_set,
+                            progress=for_terminal())
     click.echo(report(result, fmt))
     sys.exit(result.exit_code)
 

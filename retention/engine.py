@@ -28,6 +28,7 @@ from retention.holds import held_scope, load_holds
 from retention.lock import host_lock, run_lock
 from retention.metrics import write_metrics
 from retention.model import Action, AgeCondition, ClientCondition, Counts, Selection
+from retention.progress import Progress, Silent
 from retention.redact import error_summary
 from retention.report import ERROR, INTERRUPTED, OK, OVER_THRESHOLD, Report, RuleReport
 from retention.requests import ErasureRequest, RequestOutcome, adapt, applies, mark, read_requests
@@ -141,7 +142,8 @@ def _assess(connectors: dict[str, Connector], work: RuleWork, report: RuleReport
     return work, counts
 
 
-def plan(config: Config, env: Environment, now: datetime, rule_names: Sequence[str] = ()) -> Report:
+def plan(config: Config, env: Environment, now: datetime, rule_names: Sequence[str] = (),
+         progress: Progress | None = None) -> Report:
     """What each rule would change at `now`. Reads only; needs no signing key and no pseudonym key."""
     rules = select_rules(config, rule_names)
     report = Report(now)
@@ -152,10 +154,14 @@ def plan(config: Config, env: Environment, now: datetime, rule_names: Sequence[s
             rule_report = _rule_report(work)
             report.rules.append(rule_report)
             started = time.monotonic()
+            (progress or Silent()).start(f"counting {rule.name}", 1)
             try:
                 _assess(connectors, work, rule_report)
             except RetentionError as exc:
                 rule_report.status, rule_report.error = ERROR, str(exc)
+            finally:
+                (progress or Silent()).advance(1)
+                (progress or Silent()).finish()
             rule_report.duration_ms = int((time.monotonic() - started) * 1000)
             log.info("rule_planned", rule=rule.name, connector=rule.connector, status=rule_report.status,
                      matched=rule_report.matched, held=rule_report.held, unknown_age=rule_report.unknown_age)
@@ -167,8 +173,8 @@ class Interrupted(BaseException):
 
 
 def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_names: Sequence[str] = (),
-        dry_run: bool = False, clock_override: bool = False, should_stop: Callable[[], bool] = lambda: False
-        ) -> Report:
+        dry_run: bool = False, clock_override: bool = False, should_stop: Callable[[], bool] = lambda: False,
+        progress: Progress | None = None) -> Report:
     """Enforce the rules at `now`, batch by batch, writing and signing the audit log as it goes."""
     if now > clock():
         raise UsageError(f"--now {rfc3339(now)} is later than the current time; a run may not expire records early")
@@ -206,7 +212,8 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
                     raise Interrupted
                 rule_report = _rule_report(work)
                 report.rules.append(rule_report)
-                _enforce(connectors, work, rule_report, audit, id_key, config, dry_run, should_stop)
+                _enforce(connectors, work, rule_report, audit, id_key, config, dry_run, should_stop,
+                         progress or Silent())
             if config.requests:
                 report.requests = _process_requests(config, connectors, holds, keys, audit, now, clock, rules,
                                                     dry_run, should_stop)
@@ -358,7 +365,8 @@ def _run_keys(config: Config, env: Environment) -> RunKeys:
 
 
 def _enforce(connectors: dict[str, Connector], work: RuleWork, report: RuleReport, audit: AuditWriter,
-             id_key: bytes | None, config: Config, dry_run: bool, should_stop: Callable[[], bool]) -> None:
+             id_key: bytes | None, config: Config, dry_run: bool, should_stop: Callable[[], bool],
+             progress: Progress) -> None:
     """One rule: assess, then change batch by batch; a failure is recorded and the run goes on."""
     rule = work.rule
     structlog.contextvars.bind_contextvars(rule=rule.name, connector=rule.connector)
@@ -377,14 +385,17 @@ def _enforce(connectors: dict[str, Connector], work: RuleWork, report: RuleRepor
             log.warning("rule_skipped", reason=report.error)
             return
         if not dry_run:
+            progress.start(rule.name, counts.matched)
             for batch in connector.apply(work.selection, work.action, batch_size=config.batch_size(rule),
                                          limit=counts.matched, id_key=id_key, should_stop=should_stop):
+                progress.advance(batch.count)
                 fields = {}
                 if id_key:
                     fields["ids_digest"] = audit.record_ids("changed", rule.name, batch.ids)[1]
                 report.changed += batch.count
                 audit.event("batch_applied", rule=rule.name, action=rule.action, count=batch.count, **fields)
                 log.debug("batch_applied", count=batch.count, changed=report.changed)
+            progress.finish()
             if should_stop():
                 raise Interrupted  # every batch the store finished is in the log; no new one was started
         held_fields = _record_held(connector, work, counts, audit, id_key, config) if id_key else {}

@@ -146,3 +146,26 @@ def test_a_bad_cron_expression_is_a_config_error(tmp_path: Path) -> None:
                     'expire = { after = "1 day", field = "f" }\naction = "delete"\n')
     result = CliRunner().invoke(main, ["--config", str(path), "check", "--offline"])
     assert 2 == result.exit_code and "job.schedule: not a valid cron expression" in result.stderr
+
+
+def test_people_at_a_terminal_see_a_bar_per_rule(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress goes to stderr with counts; stdout keeps only the result (and without a terminal, no bar at all)."""
+    import io
+    from datetime import UTC, datetime
+
+    from retention import engine
+    from retention.config import load_config
+    from retention.progress import Bars
+    from retention.settings import Environment
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    report = engine.run(load_config(sandbox.config), Environment(), datetime.now(UTC), lambda: datetime.now(UTC),
+                        progress=Bars(stream))
+    assert 0 == report.exit_code
+    assert "cookies" in stream.getvalue() and "3000/3000" in stream.getvalue()
