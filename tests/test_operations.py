@@ -169,3 +169,18 @@ def test_people_at_a_terminal_see_a_bar_per_rule(sandbox: Sandbox, monkeypatch: 
                         progress=Bars(stream))
     assert 0 == report.exit_code
     assert "cookies" in stream.getvalue() and "3000/3000" in stream.getvalue()
+
+
+def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox) -> None:
+    """While one `retention run` process works, a second one on the same host changes nothing and exits 4."""
+    first = start_run(sandbox)
+    assert first.stderr is not None
+    for line in first.stderr:
+        if '"batch_applied"' in line:
+            break
+    second = subprocess.run([RETENTION, "--config", str(sandbox.config), "run"], capture_output=True, text=True,
+                            env={**os.environ, **sandbox.env()}, check=False)
+    first.communicate(timeout=120)
+    assert (4, 0) == (second.returncode, first.returncode)
+    assert "another run holds the lock" in second.stderr
+    assert 1 == len(audit_files(sandbox))
