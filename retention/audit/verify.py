@@ -32,6 +32,7 @@ class RunCheck:
     run_id: str | None = None
     detail: str = ""
     events: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    sha256: str | None = None  # of the file's bytes, when it could be read
 
     @property
     def ok(self) -> bool:
@@ -42,12 +43,12 @@ def verify(paths: Sequence[Path], keys: Sequence[Ed25519PublicKey]) -> list[RunC
     """Check every run file under `paths` (files or folders), oldest first; one RunCheck per file."""
     files, foreign, whole_folders = _collect(paths)
     checks = [_check_file(path, keys) for path in files]
-    digests = {sha256_hex(path.read_bytes()): index for index, path in enumerate(files)}
+    digests = {check.sha256: index for index, check in enumerate(checks) if check.sha256}
     for index, check in enumerate(checks):
         if not check.events or check.status not in (OK, UNACKNOWLEDGED):
             continue
         prev = check.events[0].get("prev")
-        expected = sha256_hex(files[index - 1].read_bytes()) if index else GENESIS
+        expected = checks[index - 1].sha256 if index else GENESIS
         if prev == expected or (index == 0 and not whole_folders):
             continue
         if prev in digests:
@@ -91,13 +92,14 @@ def _is_companion(path: Path) -> bool:
 def _check_file(path: Path, keys: Sequence[Ed25519PublicKey]) -> RunCheck:
     try:
         data = path.read_bytes()
+        signature_path = path.with_name(path.name + ".sig")
+        signature = signature_path.read_bytes() if signature_path.exists() else None
     except OSError as exc:
         return RunCheck(path, BROKEN_CHAIN, detail=f"unreadable: {exc.strerror}")
     match = RUN_FILE.match(path.name)
-    check = RunCheck(path, OK, run_id=match.group(2) if match else None)
-    signature_path = path.with_name(path.name + ".sig")
-    signed = signature_path.exists()
-    if signed and not _signature_ok(data, signature_path.read_bytes(), keys):
+    check = RunCheck(path, OK, run_id=match.group(2) if match else None, sha256=sha256_hex(data))
+    signed = signature is not None
+    if signature is not None and not _signature_ok(data, signature, keys):
         check.status, check.detail = BAD_SIGNATURE, "no key in the keyring verifies this file's signature"
         return check
     problem = _check_lines(data, check, complete=signed)
