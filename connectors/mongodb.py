@@ -72,6 +72,11 @@ class MongoConnector(ConnectorDefaults):
             raise ConnectorError(f"update of {table} failed: {_summary(exc)}") from None
 
     def check(self, selection: Selection, action: Action) -> list[str]:
+        fields = [selection.key, selection.marker, selection.age.field if selection.age else None,
+                  selection.client.field if selection.client else None, *(t.field for t in action.transforms)]
+        hostile = [f for f in fields if f and (f.startswith("$") or ".$" in f or "\0" in f)]
+        if hostile:  # a field name that MongoDB would read as an operator
+            return [f"field names may not start with $ or contain .$ or NUL: {', '.join(map(repr, hostile))}"]
         try:
             self._collection(selection.target)
             if selection.client and selection.client.registry.connector == self.name:

@@ -125,3 +125,13 @@ def test_filters_combine_flat_without_losing_a_condition() -> None:
     assert {"a": 1, "b": 2} == _all({"a": 1}, {"b": 2})
     assert {"a": 1, "$and": [{"a": 2}, {"c": 3}, {"d": 4}]} == _all({"a": 1}, {"a": 2, "$and": [{"c": 3}]},
                                                                     {"$and": [{"d": 4}]})
+
+
+def test_operator_shaped_field_names_are_refused(sandbox: Sandbox, mongo_store: MongoStore) -> None:
+    """A field named like an operator ($where, a.$b) is a check problem, never part of a filter."""
+    mongo_store.database["events"].insert_one({"meta": {"seen_at": OLD}})
+    sandbox.write(EVENTS_RULE.replace("meta.seen_at", "$where"), clients=False)
+    result = sandbox.cli("run", "--format", "json")
+    assert 1 == result.exit_code
+    assert "may not start with $" in json.loads(result.stdout)["rules"][0]["error"]
+    assert 1 == mongo_store.database["events"].count_documents({})

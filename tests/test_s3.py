@@ -300,3 +300,13 @@ def test_a_failed_upload_fails_the_run_and_keeps_the_local_log(tmp_path: Path, s
     report = box.run(expect=1)
     assert "WORM upload" in (report["audit_copy_error"] or "") or "WORM copy" in (report["audit_copy_error"] or "")
     assert 0 == box.cli("audit", "verify").exit_code
+
+
+def test_unicode_and_spaces_in_keys(moto: S3Sandbox) -> None:
+    """Keys with spaces, accents and emoji are listed, judged and deleted like any other."""
+    for key in ("uploads/Zoë Ångström/cv final.pdf", "uploads/日本語/ファイル.txt", "uploads/🙂 smile.png"):
+        moto.put(key, collected_at=OLD)
+    moto.put("uploads/keep me.txt", collected_at=datetime.now(UTC).isoformat())
+    moto.write(RULE.format(bucket=moto.bucket, field="metadata:collected-at"))
+    assert 3 == moto.run()["rules"][0]["changed"]
+    assert ["uploads/keep me.txt"] == moto.keys()
