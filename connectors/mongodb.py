@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import pymongo
 from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
+from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, PyMongoError
 
 from retention import transforms as reference
 from retention.clients import judge
@@ -16,6 +16,7 @@ from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
 from retention.model import Action, Batch, ClientRegistry, ClientStates, Counts, Selection, Transform
 from retention.redact import scrub
+from retention.retry import retrying
 from retention.transforms import KeyedHasher
 
 Filter = dict[str, Any]
@@ -176,7 +177,9 @@ class MongoConnector(ConnectorDefaults):
         remaining = limit
         while remaining > 0 and not should_stop():
             try:
-                batch = self._apply_batch(collection, selection, action, key, min(batch_size, remaining))
+                size = min(batch_size, remaining)
+                batch = retrying(lambda: self._apply_batch(collection, selection, action, key, size),  # noqa: B023
+                                 lambda e: isinstance(e, ConnectionFailure), what=f"batch on {selection.target}")
             except PyMongoError as exc:
                 raise ConnectorError(f"batch failed: {_summary(exc)}") from None
             if not batch:

@@ -34,6 +34,7 @@ from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, LockHeld, TargetMissing
 from retention.model import Action, Batch, ClientRegistry, Counts, Selection
 from retention.redact import scrub
+from retention.retry import retrying
 from retention.transforms import KeyedHasher
 
 
@@ -300,11 +301,15 @@ class SqlConnector(ConnectorDefaults):
         hasher = KeyedHasher(id_key) if id_key else None
         while remaining > 0 and not should_stop():
             statement = self.build(selection, action, min(batch_size, remaining), id_key)
-            try:
+
+            def batch(statement: Any = statement) -> tuple[tuple[str, ...], int]:
                 with self.engine.begin() as connection:
                     result = connection.execute(statement)
                     ids = tuple(map(hasher, result.scalars().all())) if hasher else ()
-                    count = len(ids) if hasher else result.rowcount
+                    return ids, len(ids) if hasher else result.rowcount
+
+            try:
+                ids, count = retrying(batch, _transient, what=f"batch on {selection.target}")
             except sa_exc.DBAPIError as exc:
                 raise ConnectorError(f"batch failed and was rolled back: {_first_line(exc.orig)}") from None
             if not count:
@@ -313,9 +318,12 @@ class SqlConnector(ConnectorDefaults):
             yield Batch(count, ids)
 
     def _one(self, statement: Any) -> Any:
-        try:
+        def query() -> Any:
             with self.engine.connect() as connection:
                 return connection.execute(statement).one()
+
+        try:
+            return retrying(query, _transient, what="count")
         except sa_exc.DBAPIError as exc:
             raise ConnectorError(f"query failed: {_first_line(exc.orig)}") from None
 
@@ -335,6 +343,12 @@ class PostgresConnector(SqlConnector):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix):]
         return url
+
+
+def _transient(error: BaseException) -> bool:
+    """A lost or refused connection: worth another try. Anything the statement itself caused is not."""
+    return isinstance(error, sa_exc.DBAPIError) and (
+        error.connection_invalidated or isinstance(error, sa_exc.OperationalError))
 
 
 def _first_line(error: BaseException | None) -> str:

@@ -119,7 +119,8 @@ class PostgresDialect(SqlDialect):
 
     def engine_options(self) -> dict[str, Any]:
         # date_trunc and naive timestamps are read in the session time zone: pin it to UTC.
-        return {"connect_args": {"options": "-c timezone=UTC"}}
+        # named in pg_stat_activity, so a DBA sees (and can stop) the job's sessions
+        return {"connect_args": {"options": "-c timezone=UTC", "application_name": "retention"}}
 
     def transform(self, column: Any, transform: Transform, hmac_key: bytes | None) -> Any:
         kind = transform.kind

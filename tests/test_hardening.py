@@ -154,3 +154,56 @@ def test_sigkill_mid_rule_leaves_whole_batches_and_the_next_run_seals_it(slow_ru
     assert [3000] == [r["id"] for r in pg_store.find("cookie_events")]
     checks = json.loads(slow_run.cli("audit", "verify", "--format", "json").stdout)
     assert ["incomplete (acknowledged by a later run)", "ok"] == [c["status"] for c in checks]
+
+
+def test_transient_errors_are_retried_with_backoff_a_bounded_number_of_times() -> None:
+    """Twice unlucky, then fine: the call succeeds; always unlucky: the last error surfaces after 4 tries."""
+    from retention.retry import retrying
+
+    calls, delays = [], []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("connection reset")
+        return "ok"
+
+    assert "ok" == retrying(flaky, lambda e: isinstance(e, ConnectionError), what="t", sleep=delays.append)
+    assert [0.5, 1.0] == delays
+    calls.clear()
+    with pytest.raises(ConnectionError):
+        retrying(lambda: flaky() if False else (_ for _ in ()).throw(ConnectionError("down")),
+                 lambda e: isinstance(e, ConnectionError), what="t", sleep=delays.append)
+    with pytest.raises(ValueError, match="not transient"):
+        retrying(lambda: (_ for _ in ()).throw(ValueError("not transient")), lambda e: False, what="t",
+                 sleep=delays.append)
+
+
+def test_a_connection_killed_mid_run_is_survived_or_fails_cleanly(slow_run: Sandbox,
+                                                                  pg_store: PostgresStore) -> None:
+    """pg_terminate_backend on the run's session: the batch is retried on a new connection; nothing is lost."""
+    import psycopg
+
+    process = subprocess.Popen([RETENTION, "--config", str(slow_run.config), "--log-format", "json", "-v", "run",
+                                "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **slow_run.env()})
+    assert process.stderr is not None
+    database = pg_store.url.rsplit("/", 1)[1]
+    seen = 0
+    for line in process.stderr:
+        seen += '"batch_applied"' in line
+        if seen == 3:
+            with psycopg.connect(pg_store.url, autocommit=True) as admin:
+                killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                       "WHERE datname = %s AND application_name = 'retention'",
+                                       (database,)).fetchone()
+            assert killed is not None and killed[0] >= 1
+            break
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode in (0, 1), stderr
+    assert "Traceback" not in stderr
+    if process.returncode == 1:
+        assert "batch failed" in json.loads(stdout)["rules"][0]["error"]
+    assert 0 == slow_run.cli("run").exit_code
+    assert [3000] == [r["id"] for r in pg_store.find("cookie_events")]
+    assert 0 == slow_run.cli("audit", "verify").exit_code
