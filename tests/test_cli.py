@@ -151,13 +151,19 @@ def test_no_personal_data_reaches_logs_or_audit_files(kind: str, tmp_path: Path,
     box = make_sandbox(tmp_path / "sandbox", store)
     box.write(COOKIE_RULE + END_USER_RULE.replace('email = "redact"', 'email = "redact", full_name = "redact"', 1)
               .replace(', full_name = { redact = "X" }', ""), extra='[[holds]]\nname = "h"\nclient_ids = ["c-asked"]')
+    metrics = tmp_path / "metrics" / "retention.prom"
+    setting = f'batch_size = 2\nmetrics_file = "{metrics}"\n'
+    box.config.write_text(box.config.read_text().replace("batch_size = 2\n", setting))
     outputs = []
     for args in (["check"], ["plan"], ["plan", "--format", "json"], ["run", "--dry-run"], ["run", "--format", "json"],
-                 ["audit", "verify"], ["audit", "list"], ["-v", "-v", "plan"]):
+                 ["schedule", "--once"], ["holds", "list"], ["audit", "verify"], ["audit", "list"],
+                 ["-v", "-v", "plan"], ["connectors"]):
         result = box.cli(*args)
         outputs.append(result.stdout + result.stderr)
-    box.cli("audit", "show", json.loads(box.cli("audit", "list", "--format", "json").stdout)[0]["run_id"])
+    run_id = json.loads(box.cli("audit", "list", "--format", "json").stdout)[0]["run_id"]
+    outputs.append(box.cli("audit", "show", run_id).stdout)
     evidence = "".join(outputs) + "".join(p.read_text() for p in box.audit_dir.iterdir() if p.suffix != ".sig")
+    evidence += metrics.read_text()
     seeded = [f"user{i}@example.org" for i in range(9)] + ["Ada Lovelace", "203.0.113.77", "192.0.2.1",
                                                              "+44 20 7946 0958", PSEUDONYM_KEY]
     assert [] == [value for value in seeded if value in evidence]
