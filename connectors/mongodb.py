@@ -40,8 +40,11 @@ class MongoConnector(ConnectorDefaults):
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         self.name = name
         try:
+            url = str(options["url"])
+            # a timeout in the URI wins; otherwise ten seconds, not pymongo's thirty, before a rule gives up
+            timeout = {} if "serverselectiontimeoutms" in url.lower() else {"serverSelectionTimeoutMS": 10_000}
             self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-                str(options["url"]), tz_aware=True, serverSelectionTimeoutMS=10_000, connect=False)
+                url, tz_aware=True, connect=False, **timeout)
         except (ConfigurationError, InvalidURI):
             raise ConfigError("is not a valid MongoDB URI", key=f"connectors.{name}.url") from None
         self.database = self.client[str(options["database"])]

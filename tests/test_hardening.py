@@ -308,3 +308,63 @@ max_fraction = 1.0
     assert "error" == rules["uploads"]["status"] and "S3" in rules["uploads"]["error"]
     assert ("ok", 2) == (rules["cookies"]["status"], rules["cookies"]["changed"])
     assert 0 == box.cli("audit", "verify").exit_code
+
+
+def test_a_mongodb_server_stopped_mid_run_fails_its_rule_cleanly(tmp_path: Path) -> None:
+    """MongoDB goes away mid-rule: bounded retries, then the rule fails naming the cause (exit 1); once the server
+    is back, the next run finishes the work."""
+    from secantus import SecantusDBServer
+
+    from tests.servers import free_port
+
+    port, storage = free_port(), tmp_path / "mongo"
+    server = SecantusDBServer(host="127.0.0.1", port=port, storage_path=str(storage))
+    server.start()
+    url = f"mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=300"
+    import pymongo
+
+    with pymongo.MongoClient(url) as client:
+        client["app"]["events"].insert_many([{"_id": i, "at": NOW - timedelta(days=800)} for i in range(200)]
+                                            + [{"_id": 999, "huge": "x" * 1_000_000, "at": NOW - timedelta(days=800)}])
+    box = make_sandbox(tmp_path / "sandbox", SqliteStore(tmp_path / "unused.db"))
+    box.config.write_text(f"""
+[job]
+state_dir = "{box.root}/state"
+batch_size = 2
+[audit]
+dir = "{box.audit_dir}"
+signing_key = "${{RETENTION_AUDIT_KEY}}"
+[connectors.events]
+type = "mongodb"
+url = "{url}"
+database = "app"
+[[rules]]
+name = "events"
+connector = "events"
+collection = "events"
+expire = {{ after = "24 months", field = "at" }}
+action = "delete"
+max_fraction = 1.0
+""")
+    process = subprocess.Popen([RETENTION, "--config", str(box.config), "--log-format", "json", "-v", "run",
+                                "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **box.env()})
+    assert process.stderr is not None
+    for line in process.stderr:
+        if '"batch_applied"' in line:
+            server.stop()
+            break
+    stdout, stderr = process.communicate(timeout=120)
+    assert 1 == process.returncode, stderr
+    assert "Traceback" not in stderr
+    error = json.loads(stdout)["rules"][0]["error"]
+    assert "batch failed" in error or "MongoDB" in error
+    server = SecantusDBServer(host="127.0.0.1", port=port, storage_path=str(storage))
+    server.start()
+    try:
+        assert 0 == box.cli("run").exit_code
+        with pymongo.MongoClient(url) as client:
+            assert 0 == client["app"]["events"].count_documents({})
+    finally:
+        server.stop()
+    assert 0 == box.cli("audit", "verify").exit_code
