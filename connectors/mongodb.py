@@ -42,7 +42,8 @@ class MongoConnector(ConnectorDefaults):
         try:
             url = str(options["url"])
             # a timeout in the URI wins; otherwise ten seconds, not pymongo's thirty, before a rule gives up
-            timeout = {} if "serverselectiontimeoutms" in url.lower() else {"serverSelectionTimeoutMS": 10_000}
+            timeout: dict[str, Any] = {} if "serverselectiontimeoutms" in url.lower() else {
+                "serverSelectionTimeoutMS": 10_000}
             self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
                 url, tz_aware=True, connect=False, **timeout)
         except (ConfigurationError, InvalidURI):
