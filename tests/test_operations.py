@@ -117,14 +117,14 @@ def test_the_scheduler_fires_the_run_once_at_a_time() -> None:
     from datetime import UTC, datetime
 
     from apscheduler.schedulers.background import BackgroundScheduler
-    from apscheduler.triggers.date import DateTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
 
     from retention.config import JobConfig
     from retention.schedule import JOB_ID, MISFIRE_GRACE_SECONDS, build
 
     fired = threading.Event()
     scheduler = build(JobConfig(), lambda: fired.set() or 0, scheduler=BackgroundScheduler(timezone="UTC"),
-                      when=DateTrigger(run_date=datetime.now(UTC) + timedelta(milliseconds=300)))
+                      when=IntervalTrigger(seconds=0.3, start_date=datetime.now(UTC)))
     job = scheduler.get_job(JOB_ID)
     assert (True, 1, MISFIRE_GRACE_SECONDS) == (job.coalesce, job.max_instances, job.misfire_grace_time)
     scheduler.start()
