@@ -60,13 +60,18 @@ def postgres_server() -> Iterator[str]:
         time.sleep(0.1)
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(base, ignore_errors=True)
+        _stop(process, base)
+
+
+def _stop(process: subprocess.Popen[bytes], base: Path, timeout: float = 10) -> None:
+    """Stop a server by its own PID (SIGTERM, then SIGKILL if it lingers) and remove its folder."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, log: Path, timeout: float = 30) -> None:
@@ -93,9 +98,7 @@ def moto_server() -> Iterator[str]:
         _wait_for_port(port, process, "moto_server", log)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(base, ignore_errors=True)
+        _stop(process, base)
 
 
 @contextlib.contextmanager
@@ -119,10 +122,4 @@ def seaweedfs_server() -> Iterator[str]:
         time.sleep(0.5)
         yield f"http://127.0.0.1:{ports['s3']}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(base, ignore_errors=True)
+        _stop(process, base, timeout=15)
