@@ -218,6 +218,8 @@ def embedded_mongodb(storage: Path) -> Iterator[str | None]:
 
 def _prepare(directory: Path) -> None:
     """An empty folder marked as the demo's: an earlier demo's is replaced, anything else is refused."""
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{directory} is a file; choose a folder for the demo with --dir")
     if directory.exists() and any(directory.iterdir()):
         if not (directory / MARKER).exists():
             raise UsageError(f"{directory} exists and was not made by `retention demo`; choose another --dir")
