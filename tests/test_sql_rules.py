@@ -69,3 +69,28 @@ def test_ill_typed_sqlite_timestamps_are_unknown_age(tmp_path: Path) -> None:
     box.write(RULE)
     rule = json.loads(box.cli("plan", "--now", "2026-11-29T03:00:00Z", "--format", "json").stdout)["rules"][0]
     assert (1, 2) == (rule["matched"], rule["unknown_age"])
+
+
+def test_a_client_with_an_active_duplicate_row_is_kept(sandbox: Sandbox, store: SqlStore) -> None:
+    """A registry without a unique id: one ended row does not expire a client that another row says is active."""
+    from datetime import timedelta
+
+    from tests.conftest import NOW
+
+    store.execute(f"CREATE TABLE accounts (id TEXT, status TEXT, closed_at {store.timestamptz})")
+    store.insert("accounts", [{"id": "c-dup", "status": "closed", "closed_at": NOW - timedelta(days=90)},
+                              {"id": "c-dup", "status": "active", "closed_at": None},
+                              {"id": "c-only", "status": "closed", "closed_at": NOW - timedelta(days=90)}])
+    store.insert("end_users", [{"id": 1, "client_id": "c-dup"}, {"id": 2, "client_id": "c-only"}])
+    sandbox.write("""
+[[rules]]
+name = "users"
+connector = "app"
+table = "end_users"
+expire = { client_field = "client_id", grace = "30 days" }
+action = "delete"
+max_fraction = 1.0
+""")
+    sandbox.config.write_text(sandbox.config.read_text().replace('table = "clients"', 'table = "accounts"'))
+    assert 1 == run(sandbox)["rules"][0]["changed"]
+    assert [1] == [row["id"] for row in store.find("end_users")]
