@@ -105,9 +105,12 @@ def connector_types() -> dict[str, ConnectorType]:
     return found
 
 
+@cache
 def connector_type(name: str, *, source: str = "", key: str = "") -> ConnectorType:
-    types = connector_types()
-    if name not in types:
-        raise ConfigError(f"unknown connector type {name!r}; known types: {', '.join(sorted(types))}",
+    """One connector type; only its module is imported (a PostgreSQL job never loads boto3 or pymongo)."""
+    entries = {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+    if name not in entries:
+        raise ConfigError(f"unknown connector type {name!r}; known types: {', '.join(sorted(entries))}",
                           source=source, key=key)
-    return types[name]
+    loaded: ConnectorType = entries[name].load()
+    return loaded
