@@ -224,8 +224,8 @@ def audit() -> None:
 @click.option("--public-key", type=click.Path(path_type=Path), required=True, help="Where to write the public key.")
 def audit_keygen(private_key: Path, public_key: Path) -> None:
     """Create an Ed25519 key pair for signing audit logs."""
-    print_fingerprint = generate_keypair(private_key, public_key)
-    click.echo(f"private key: {private_key}\npublic key:  {public_key}\nfingerprint: {print_fingerprint}")
+    key_fingerprint = generate_keypair(private_key, public_key)
+    click.echo(f"private key: {private_key}\npublic key:  {public_key}\nfingerprint: {key_fingerprint}")
 
 
 @audit.command("verify")
@@ -427,4 +427,4 @@ def demo(ctx: click.Context, directory: Path) -> None:
     sys.exit(run_demo(directory, utc_now(), echo=click.echo))
 
 
-__all__ = ["main", "rfc3339"]
+__all__ = ["main"]
