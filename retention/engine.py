@@ -276,6 +276,7 @@ def _serve(connectors: dict[str, Connector], work: RuleWork, request: ErasureReq
     audit.event("rule_started", rule=rule.name, request=request_id, reason=request.reason, connector=rule.connector,
                 target=rule.target, action=work.action.kind, cutoff=None, holds=list(work.selection.held.holds))
     connector = connectors[rule.connector]
+    started = time.monotonic()
     try:
         problems = connector.check(work.selection, work.action)
         if problems:
@@ -292,7 +293,8 @@ def _serve(connectors: dict[str, Connector], work: RuleWork, request: ErasureReq
                 audit.event("batch_applied", rule=rule.name, request=request_id, action=work.action.kind,
                             count=batch.count, **fields)
         audit.event("rule_finished", rule=rule.name, request=request_id, total=counts.total, matched=counts.matched,
-                    changed=entry["changed"], held=counts.held, unknown_age=0, duration_ms=0)
+                    changed=entry["changed"], held=counts.held, unknown_age=0,
+                    duration_ms=int((time.monotonic() - started) * 1000))
     except (RetentionError, _RuleProblem) as exc:
         error_class, message = error_summary(exc)
         entry.update(status=ERROR, error=message)
