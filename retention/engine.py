@@ -6,7 +6,7 @@ import getpass
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -27,7 +27,7 @@ from retention.errors import AuditError, ConfigError, RetentionError, UsageError
 from retention.holds import held_scope, load_holds
 from retention.lock import host_lock, run_lock
 from retention.metrics import write_metrics
-from retention.model import Action, AgeCondition, ClientCondition, Counts, Selection
+from retention.model import Action, AgeCondition, ClientCondition, ClientRegistry, Counts, Selection
 from retention.progress import Progress, Silent
 from retention.redact import error_summary
 from retention.report import ERROR, INTERRUPTED, OK, OVER_THRESHOLD, Report, RuleReport
@@ -70,15 +70,29 @@ def compile_rule(config: Config, rule: Rule, now: datetime, hmac_key: bytes | No
     return RuleWork(rule, selection, Action(rule.action, rule.marker, rule.transforms, now, hmac_key))
 
 
-def with_registry(work: RuleWork, connectors: dict[str, Connector]) -> RuleWork:
-    """Give a rule the registry's verdict on clients when the registry lives in another store than its records."""
+class Stores(dict[str, Connector]):
+    """The connectors one verb opened, by name, and the client registry they were asked for once per verb."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._registry_rows: dict[ClientRegistry, list[Mapping[str, Any]]] = {}
+
+    def registry_rows(self, registry: ClientRegistry) -> list[Mapping[str, Any]]:
+        if registry not in self._registry_rows:
+            self._registry_rows[registry] = list(self[registry.connector].read_rows(
+                registry.table, [registry.id_field, registry.status_field, registry.ended_at_field]))
+        return self._registry_rows[registry]
+
+
+def with_registry(work: RuleWork, connectors: Stores) -> RuleWork:
+    """Give a rule the registry's verdict on clients when the registry lives in another store than its records.
+
+    The registry is read once per run; each rule judges it against its own grace period.
+    """
     client = work.selection.client
     if client is None or client.registry.connector == work.rule.connector:
         return work
-    registry = client.registry
-    rows = connectors[registry.connector].read_rows(
-        registry.table, [registry.id_field, registry.status_field, registry.ended_at_field])
-    states = judge(rows, client.registry, client.ended_before)
+    states = judge(connectors.registry_rows(client.registry), client.registry, client.ended_before)
     return replace(work, selection=replace(work.selection, client=replace(client, states=states)))
 
 
@@ -93,7 +107,7 @@ def threshold_reason(rule: Rule, counts: Counts) -> str | None:
 
 @contextmanager
 def open_connectors(config: Config, env: Environment, rules: Sequence[Rule], also: Sequence[str] = ()
-                    ) -> Iterator[dict[str, Connector]]:
+                    ) -> Iterator[Stores]:
     """The connectors these rules need, with their `${NAME}` options resolved (an unset one is a config error)."""
     names = {rule.connector for rule in rules} | set(also)
     if config.holds_source:
@@ -102,7 +116,7 @@ def open_connectors(config: Config, env: Environment, rules: Sequence[Rule], als
         names.add(config.requests.connector)
     if config.clients and any(rule.client_field for rule in rules):
         names.add(config.clients.connector)
-    opened: dict[str, Connector] = {}
+    opened = Stores()
     try:
         for name in sorted(names):
             settings = config.connectors[name]
@@ -125,7 +139,7 @@ def _rule_report(work: RuleWork) -> RuleReport:
     return RuleReport(rule.name, rule.policy, rule.connector, rule.target, rule.action, cutoff)
 
 
-def _assess(connectors: dict[str, Connector], work: RuleWork, report: RuleReport) -> tuple[RuleWork, Counts | None]:
+def _assess(connectors: Stores, work: RuleWork, report: RuleReport) -> tuple[RuleWork, Counts | None]:
     """Check the target and count; fill the report. No counts when the rule cannot go on."""
     connector = connectors[work.rule.connector]
     problems = connector.check(work.selection, work.action)
@@ -366,7 +380,7 @@ def _run_keys(config: Config, env: Environment) -> RunKeys:
                    derive(root, RECORD_ID_LABEL) if root and hashed else None)
 
 
-def _enforce(connectors: dict[str, Connector], work: RuleWork, report: RuleReport, audit: AuditWriter,
+def _enforce(connectors: Stores, work: RuleWork, report: RuleReport, audit: AuditWriter,
              id_key: bytes | None, config: Config, dry_run: bool, should_stop: Callable[[], bool],
              progress: Progress) -> None:
     """One rule: assess, then change batch by batch; a failure is recorded and the run goes on."""
