@@ -179,10 +179,16 @@ class MongoConnector(ConnectorDefaults):
         collection = self._collection(selection.target)
         hasher = KeyedHasher(id_key) if id_key else None
         remaining = limit
+        # candidates are picked with the registry as read once here; each change re-reads its own clients
+        try:
+            candidates = self._filters(selection, self._client_states(selection))["matched"]
+        except PyMongoError as exc:
+            raise ConnectorError(f"cannot read the client registry: {_summary(exc)}") from None
         while remaining > 0 and not should_stop():
             try:
                 size = min(batch_size, remaining)
-                batch = retrying(lambda: self._apply_batch(collection, selection, action, key, size),  # noqa: B023
+                batch = retrying(lambda: self._apply_batch(collection, selection, action, key, size,  # noqa: B023
+                                                           candidates),
                                  lambda e: isinstance(e, ConnectionFailure), what=f"batch on {selection.target}")
             except PyMongoError as exc:
                 raise ConnectorError(f"batch failed: {_summary(exc)}") from None
@@ -192,13 +198,12 @@ class MongoConnector(ConnectorDefaults):
             yield Batch(len(batch), tuple(map(hasher, batch)) if hasher else ())
 
     def _apply_batch(self, collection: Collection[dict[str, Any]], selection: Selection, action: Action,
-                     key: str, size: int) -> list[Any]:
-        """Pick up to `size` matching keys, re-judge their clients now, change those still matching."""
+                     key: str, size: int, matching: Filter) -> list[Any]:
+        """Pick up to `size` keys `matching`, re-judge their clients now, change those still matching."""
         fields = {t.field: 1 for t in action.transforms if t.kind in CLIENT_SIDE}
         client_field = selection.client.field if selection.client else None
         projection = {key: 1, **fields, **({client_field: 1} if client_field else {})}
-        candidates = list(collection.find(self._filters(selection, self._client_states(selection))["matched"],
-                                          projection).limit(size))
+        candidates = list(collection.find(matching, projection).limit(size))
         if not candidates:
             return []
         keys = [_get(document, key) for document in candidates]

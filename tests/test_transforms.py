@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import pytest
-from sqlalchemy import column, literal, select
+from sqlalchemy import literal, select
 from sqlalchemy.dialects import postgresql
 
 from connectors.sql_dialects import PostgresDialect
@@ -64,8 +64,3 @@ def test_postgres_mask_matches_the_reference(pg_store: PostgresStore) -> None:
             sql = select(PostgresDialect().transform(literal(value, postgresql.TEXT()), Transform("p", "mask", 4),
                                                      None))
             assert transforms.mask(value, 4) == connection.execute(sql).scalar()
-
-
-def test_column_helper_is_sqlalchemy() -> None:
-    """Guard: transforms take SQLAlchemy column expressions (plain names are quoted, never pasted)."""
-    assert '"we""ird"' in str(column('we"ird').compile(dialect=postgresql.dialect()))
