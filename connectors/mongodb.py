@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pymongo
 from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, PyMongoError
+from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, OperationFailure, PyMongoError
 
 from retention import transforms as reference
 from retention.clients import judge
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
+from retention.ids import canonical_ids, mongo_values
 from retention.model import Action, Batch, ClientRegistry, ClientStates, Counts, Selection, Transform
-from retention.redact import scrub
 from retention.retry import retrying
 from retention.transforms import KeyedHasher
 
@@ -78,7 +78,8 @@ class MongoConnector(ConnectorDefaults):
 
     def check(self, selection: Selection, action: Action) -> list[str]:
         fields = [selection.key, selection.marker, selection.age.field if selection.age else None,
-                  selection.client.field if selection.client else None, *(t.field for t in action.transforms)]
+                  selection.client.field if selection.client else None, *(t.field for t in action.transforms),
+                  *((selection.erasure.client_field, selection.erasure.subject_field) if selection.erasure else ())]
         hostile = [f for f in fields if f and (f.startswith("$") or ".$" in f or "\0" in f)]
         if hostile:  # a field name that MongoDB would read as an operator
             return [f"field names may not start with $ or contain .$ or NUL: {', '.join(map(repr, hostile))}"]
@@ -102,13 +103,14 @@ class MongoConnector(ConnectorDefaults):
             unknown.append({field: {"$not": {"$type": "date"}}})  # missing, null, strings, numbers
         if selection.client and clients is not None:
             field = selection.client.field
-            expired.append({field: {"$in": sorted(clients.expired, key=repr)}})
-            unknown.append({field: {"$nin": sorted(clients.known, key=repr)}})
+            expired.append({field: {"$in": mongo_values(clients.expired)}})
+            unknown.append({field: {"$nin": mongo_values(clients.known)}})
         if selection.erasure:  # an erasure request: its records, whatever their age
-            erasure = selection.erasure
-            named: Filter = {erasure.client_field: erasure.client_id}
+            erasure = selection.erasure  # ids are canonical text, never a document: no operator gets in
+            named: Filter = {erasure.client_field: {"$in": mongo_values([erasure.client_id])}}
             if erasure.subject_field:
-                named[erasure.subject_field] = erasure.subject_id
+                subjects = [erasure.subject_id] if erasure.subject_id is not None else []
+                named[erasure.subject_field] = {"$in": mongo_values(subjects)}
             expired, unknown = [named], [NOTHING]
         is_expired = _any(expired)
         fresh: Filter = {selection.marker: None} if selection.marker else {}
@@ -116,8 +118,8 @@ class MongoConnector(ConnectorDefaults):
         if held.everything:
             not_held, is_held = NOTHING, {}
         elif held.client_ids and held.client_field:
-            not_held = {held.client_field: {"$nin": list(held.client_ids)}}
-            is_held = {held.client_field: {"$in": list(held.client_ids)}}
+            not_held = {held.client_field: {"$nin": mongo_values(held.client_ids)}}
+            is_held = {held.client_field: {"$in": mongo_values(held.client_ids)}}
         else:
             not_held, is_held = {}, NOTHING
         return {
@@ -126,14 +128,14 @@ class MongoConnector(ConnectorDefaults):
             "unknown_age": _all({"$nor": [is_expired]}, _any(unknown), fresh),
         }
 
-    def _client_states(self, selection: Selection, client_ids: list[Any] | None = None) -> ClientStates | None:
-        """The registry's verdict on clients (all of them, or just `client_ids`), read now."""
+    def _client_states(self, selection: Selection, client_ids: Iterable[str] | None = None) -> ClientStates | None:
+        """The registry's verdict on clients (all of them, or just these canonical ids), read now."""
         if selection.client is None:
             return None
         if selection.client.states is not None:  # the registry lives in another store; the run read it
             return selection.client.states
         registry: ClientRegistry = selection.client.registry
-        query: Filter = {registry.id_field: {"$in": client_ids}} if client_ids is not None else {}
+        query: Filter = {registry.id_field: {"$in": mongo_values(client_ids)}} if client_ids is not None else {}
         # "_id" first, so an id_field of "_id" switches it back on
         projection = {"_id": 0, registry.id_field: 1, registry.status_field: 1, registry.ended_at_field: 1}
         rows = self._collection(registry.table).find(query, projection)
@@ -209,7 +211,7 @@ class MongoConnector(ConnectorDefaults):
         keys = [_get(document, key) for document in candidates]
         clients = None
         if client_field:  # the registry read again, just before the change, for these clients only
-            clients = self._client_states(selection, list({_get(d, client_field) for d in candidates} - {None}))
+            clients = self._client_states(selection, canonical_ids(_get(d, client_field) for d in candidates))
         still_matching = self._filters(selection, clients)["matched"]
         chosen = _all({key: {"$in": keys}}, still_matching)  # the key first: servers look those up by index
         if action.kind == "delete":
@@ -318,5 +320,12 @@ def _absent(collection: Collection[dict[str, Any]], key: str, keys: list[Any]) -
 
 
 def _summary(error: PyMongoError) -> str:
-    lines = str(error).splitlines()
-    return f"{type(error).__name__}: {scrub(lines[0] if lines else '')}"
+    """A driver error in words that name identifiers and never a value (write errors quote the document)."""
+    name = type(error).__name__
+    if isinstance(error, OperationFailure):
+        details = error.details or {}
+        return f"{name}: {details.get('codeName') or 'error'} (code {error.code})"
+    if isinstance(error, ConnectionFailure):
+        lines = str(error).splitlines()  # hosts and ports
+        return f"{name}: {lines[0]}" if lines else name
+    return name

@@ -187,7 +187,7 @@ class S3Connector(ConnectorDefaults):
         if not expired:
             return "unknown_age" if unknown else "kept"
         held = selection.held
-        if held.everything or (client_id is not None and client_id in {str(c) for c in held.client_ids}):
+        if held.everything or (client_id is not None and client_id in held.client_ids):
             return "held"
         return "matched"
 
@@ -197,11 +197,11 @@ class S3Connector(ConnectorDefaults):
         assert erasure is not None
         client = _key_part(erasure.client_field, "client_id", record.key)
         subject = _key_part(erasure.subject_field, "subject_id", record.key) if erasure.subject_field else None
-        named = client == str(erasure.client_id) and (not erasure.subject_field or subject == str(erasure.subject_id))
+        named = client == erasure.client_id and (not erasure.subject_field or subject == erasure.subject_id)
         if not named:
             return "kept"
         held = selection.held
-        if held.everything or client in {str(c) for c in held.client_ids}:
+        if held.everything or client in held.client_ids:
             return "held"
         return "matched"
 

@@ -33,7 +33,6 @@ from connectors.sql_dialects import SqlDialect, SqliteDialect, dialect_for, is_t
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, LockHeld, TargetMissing
 from retention.model import Action, Batch, ClientRegistry, Counts, Selection
-from retention.redact import scrub
 from retention.retry import retrying
 from retention.transforms import KeyedHasher
 
@@ -84,7 +83,7 @@ class SqlConnector(ConnectorDefaults):
             except sa_exc.NoSuchTableError:
                 raise TargetMissing(f"table {name} does not exist") from None
             except sa_exc.DBAPIError as exc:
-                raise ConnectorError(f"cannot reach the database: {_first_line(exc.orig)}") from None
+                raise ConnectorError(f"cannot reach the database: {_db_error(exc.orig)}") from None
         return self._tables[name]
 
     def _column(self, table: Table, field: str, role: str) -> Column[Any]:
@@ -115,6 +114,10 @@ class SqlConnector(ConnectorDefaults):
                 self._column(table, selection.client.field, "expire.client_field")
                 if selection.client.registry.connector == self.name:
                     problems += self._check_registry(selection.client.registry)
+            if selection.erasure:
+                self._column(table, selection.erasure.client_field, "expire.client_field")
+                if selection.erasure.subject_field:
+                    self._column(table, selection.erasure.subject_field, "subject_field")
             if action.marker:
                 marker = self._column(table, action.marker, "marker")
                 if not marker.nullable:
@@ -164,17 +167,15 @@ class SqlConnector(ConnectorDefaults):
             named: list[ColumnElement[bool]] = []
             for field, value in ((erasure.client_field, erasure.client_id),
                                  (erasure.subject_field, erasure.subject_id)):
-                if field:  # the value as the column's type: a request's "4" names end user 4 of a BIGINT key
-                    column = table.c[field]
-                    named += [column.is_not(None), column == literal(value, column.type)]
+                if field:  # by canonical text: a request's "4" names end user 4 of a BIGINT key
+                    named.append(dialect.has_id(table.c[field], [value] if value is not None else []))
             expired, unknown = [and_(*named)], [false()]
         is_expired = or_(*expired)
         held: ColumnElement[bool] = false()
         if selection.held.everything:
             held = true()
         elif selection.held.client_ids and selection.held.client_field:
-            client = table.c[selection.held.client_field]
-            held = and_(client.is_not(None), client.in_(selection.held.client_ids))
+            held = dialect.has_id(table.c[selection.held.client_field], selection.held.client_ids)
         fresh = table.c[selection.marker].is_(None) if selection.marker else true()
         return {
             "matched": and_(is_expired, not_(held), fresh),
@@ -198,7 +199,7 @@ class SqlConnector(ConnectorDefaults):
         try:
             connection = self.engine.connect()
         except sa_exc.DBAPIError as exc:
-            raise ConnectorError(f"cannot reach the database for the run lock: {_first_line(exc.orig)}") from None
+            raise ConnectorError(f"cannot reach the database for the run lock: {_db_error(exc.orig)}") from None
         try:
             got = connection.execute(select(func.pg_try_advisory_lock(key))).scalar()
             connection.commit()
@@ -220,7 +221,7 @@ class SqlConnector(ConnectorDefaults):
             with self.engine.begin() as connection:
                 connection.execute(statement)
         except sa_exc.DBAPIError as exc:
-            raise ConnectorError(f"update of {table_name} failed: {_first_line(exc.orig)}") from None
+            raise ConnectorError(f"update of {table_name} failed: {_db_error(exc.orig)}") from None
 
     def _client_predicates(self, table: Any, selection: Selection, locking: bool) -> tuple[ColumnElement[bool], ...]:
         """Expired: every registry row of the client ended before the cutoff. Known: some row has a usable state."""
@@ -229,11 +230,10 @@ class SqlConnector(ConnectorDefaults):
         if selection.client.states is not None:  # the registry lives in another store: its verdict, as lists
             client = table.c[selection.client.field]
             states = selection.client.states
-            return (and_(client.is_not(None), self.dialect.member_of(client, sorted(states.expired, key=repr))),
-                    and_(client.is_not(None), self.dialect.member_of(client, sorted(states.known, key=repr))))
+            return self.dialect.has_id(client, states.expired), self.dialect.has_id(client, states.known)
         clients = self.table(registry.table).alias("registry")
         status, ended_at = clients.c[registry.status_field], clients.c[registry.ended_at_field]
-        same_client = clients.c[registry.id_field] == table.c[selection.client.field]
+        same_client = self.dialect.same_id(clients.c[registry.id_field], table.c[selection.client.field])
         ended = and_(status.is_not(None), status.in_(registry.ended_statuses),
                      self.dialect.has_timestamp(ended_at))
         ended_long_ago = and_(ended, self.dialect.before(ended_at, selection.client.ended_before))
@@ -311,7 +311,7 @@ class SqlConnector(ConnectorDefaults):
             try:
                 ids, count = retrying(batch, _transient, what=f"batch on {selection.target}")
             except sa_exc.DBAPIError as exc:
-                raise ConnectorError(f"batch failed and was rolled back: {_first_line(exc.orig)}") from None
+                raise ConnectorError(f"batch failed and was rolled back: {_db_error(exc.orig)}") from None
             if not count:
                 return
             remaining -= count
@@ -325,7 +325,7 @@ class SqlConnector(ConnectorDefaults):
         try:
             return retrying(query, _transient, what="count")
         except sa_exc.DBAPIError as exc:
-            raise ConnectorError(f"query failed: {_first_line(exc.orig)}") from None
+            raise ConnectorError(f"query failed: {_db_error(exc.orig)}") from None
 
 
 class PostgresConnector(SqlConnector):
@@ -351,10 +351,27 @@ def _transient(error: BaseException) -> bool:
         error.connection_invalidated or isinstance(error, sa_exc.OperationalError))
 
 
-def _first_line(error: BaseException | None) -> str:
-    """A driver error's class and first line, with quoted literals elided so no data value leaks."""
+# SQLSTATE classes whose PostgreSQL messages name identifiers only (integrity, access, connection, transaction,
+# resources, operator intervention); data exceptions (22) and raised exceptions (P0) quote values
+_NAMES_ONLY = ("08", "23", "40", "42", "53", "55", "57")
+
+
+def _db_error(error: BaseException | None) -> str:
+    """A driver error in words that name identifiers and never a value: PostgreSQL's structured diagnostics."""
     if error is None:
         return "unknown error"
-    primary = getattr(getattr(error, "diag", None), "message_primary", None) or str(error).splitlines()[0:1]
-    text = primary if isinstance(primary, str) else (primary[0] if primary else "")
-    return f"{type(error).__name__}: {scrub(text)}"
+    name = type(error).__name__
+    diag = getattr(error, "diag", None)
+    if diag is not None and diag.sqlstate:
+        table = ".".join(part for part in (diag.schema_name, diag.table_name) if part)
+        named = [f"{what} {value}" for what, value in (("table", table), ("column", diag.column_name),
+                                                          ("constraint", diag.constraint_name),
+                                                          ("type", diag.datatype_name)) if value]
+        words = diag.message_primary if diag.sqlstate[:2] in _NAMES_ONLY and diag.message_primary else ""
+        return f"{name} (SQLSTATE {diag.sqlstate})" + (f": {words}" if words else "") + \
+            (f" [{', '.join(named)}]" if named else "")
+    if diag is not None or type(error).__module__ == "sqlite3":
+        # a connection-level psycopg error (hosts and ports), or SQLite's own words (identifiers only)
+        text = str(error).splitlines()
+        return f"{name}: {text[0].strip()}" if text else name
+    return name  # another driver: its text may quote values

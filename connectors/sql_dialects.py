@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, and_, bindparam, case, cast, func, literal, literal_column, null, select
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    false,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import sqltypes
 
 from retention import transforms as reference
+from retention.ids import as_integer, as_uuid
 from retention.model import Transform
 
 
@@ -42,6 +56,30 @@ class SqlDialect:
     def member_of(self, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
         """`column` is one of `values`, however many: one bound array (PostgreSQL) or JSON (SQLite), not N binds."""
         return column.in_(list(values))  # type: ignore[no-any-return]
+
+    def has_id(self, column: Any, ids: Iterable[str]) -> ColumnElement[bool]:
+        """Two-valued: the column holds one of these canonical ids (retention.ids), compared in its own type.
+
+        An integer column is compared with the integers the texts spell (others cannot match), a text column
+        with the texts, so the column's index serves the lookup; any other type is compared as text.
+        """
+        target, values = column, sorted(set(ids))
+        if isinstance(column.type, sqltypes.Integer):
+            values = sorted(n for n in map(as_integer, values) if n is not None)  # type: ignore[misc]
+        elif isinstance(column.type, sqltypes.Uuid):
+            values = sorted(u for u in map(as_uuid, values) if u is not None)  # type: ignore[misc]
+        elif not isinstance(column.type, sqltypes.String):
+            target = cast(column, sqltypes.Text())
+        if not values:
+            return false()
+        return and_(target.is_not(None), self.member_of(target, values))
+
+    def same_id(self, left: Any, right: Any) -> ColumnElement[bool]:
+        """Two columns name the same id: compared directly when their types agree, else as canonical text."""
+        kinds = (sqltypes.Integer, sqltypes.String, sqltypes.Uuid)
+        if any(isinstance(left.type, kind) and isinstance(right.type, kind) for kind in kinds):
+            return left == right  # type: ignore[no-any-return]
+        return cast(left, sqltypes.Text()) == cast(right, sqltypes.Text())
 
     def count_where(self, predicate: ColumnElement[bool]) -> ColumnElement[int]:
         """How many rows satisfy `predicate`, as one aggregate of a single scan."""

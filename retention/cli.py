@@ -23,7 +23,7 @@ from retention.connector import connector_types
 from retention.errors import ConfigError, RetentionError, UsageError
 from retention.logs import configure
 from retention.progress import for_terminal
-from retention.redact import hide, scrub
+from retention.redact import error_summary, hide
 from retention.render import as_json, markdown, report, table
 from retention.settings import Environment
 from retention.timeutil import parse_instant, rfc3339
@@ -73,8 +73,7 @@ class RetentionGroup(click.Group):
         except Exception as exc:
             if ctx.find_object(State) and ctx.meta.get("retention.verbose"):
                 raise
-            _fail(f"unexpected {type(exc).__name__}: {scrub(str(exc).splitlines()[0] if str(exc) else '')} "
-                  "(rerun with -v for a traceback)", 1)
+            _fail(f"{error_summary(exc)[1]} (rerun with -v for a traceback)", 1)
 
 
 def _now_option(value: str | None) -> datetime | None:
@@ -348,7 +347,7 @@ def requests() -> None:
 def _request_json(request: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"id": request.id, "client_id": request.client_id, "subject_id": request.subject_id,
             "reason": request.reason, "received_at": str(request.received_at) if request.received_at else None,
-            "status": request.status, "before": rows, "after": request.result}
+            "status": request.status, "problem": request.problem, "before": rows, "after": request.result}
 
 
 @requests.command("list")
@@ -360,10 +359,12 @@ def requests_list(state: State, fmt: str) -> None:
     if fmt == "json":
         click.echo(as_json([_request_json(request, rows) for request, rows in previews]))
         return
-    click.echo(table(["id", "client", "subject", "reason", "received", "status", "would change", "outcome"],
+    click.echo(table(["id", "client", "subject", "reason", "received", "status", "would change", "outcome",
+                      "problem"],
                      [[r.id, r.client_id, r.subject_id, r.reason, r.received_at, r.status,
                        sum(row.get("would_change") or 0 for row in rows),
-                       (r.result or {}).get("status")] for r, rows in previews]) if previews else "no requests")
+                       (r.result or {}).get("status"), r.problem or ""] for r, rows in previews])
+               if previews else "no requests")
 
 
 @requests.command("show")
@@ -378,22 +379,25 @@ def requests_show(state: State, request_id: str, fmt: str) -> None:
         return
     lines = [f"request {request.id}: {request.reason}, client {request.client_id}"
              + (f", end user {request.subject_id}" if request.subject_id is not None else "")
-             + f", received {request.received_at}, status {request.status}", "", "Before (now):",
-             table(["rule", "target", "action", "would change", "held"],
-                   [[r["rule"], f"{r['connector']}:{r['target']}", r["action"], r.get("would_change"), r.get("held")]
-                    for r in rows])]
+             + f", received {request.received_at}, status {request.status}"]
+    if request.problem:
+        lines.append(f"cannot be served: {request.problem}")
+    lines += ["", "Before (now):",
+              table(["rule", "target", "action", "would change", "held"],
+                    [[r["rule"], f"{r['connector']}:{r['target']}", r["action"], r.get("would_change"), r.get("held")]
+                     for r in rows])]
     lines += [f"  {r['rule']}: {r['error']}" for r in rows if r.get("error")]
     if request.result:
         result = request.result
         lines += ["", f"After (run {result.get('run_id')}, {result.get('at')}): {result.get('status')}",
                   table(["rule", "target", "action", "changed", "held"],
                         [[r["rule"], f"{r['connector']}:{r['target']}", r["action"], r["changed"], r["held"]]
-                         for r in result.get("rules", [])]),
+                         for r in result.get("rules", []) if isinstance(r, dict)]),
                   f"audit file: {result.get('audit_file')}"]
-        if result.get("held_by"):
-            lines.append(f"pending: held by {', '.join(result['held_by'])}")
+        if result.get("waiting_for"):
+            lines.append("waiting for: " + "; ".join(result["waiting_for"]))
         if result.get("errors"):
-            lines.append("pending: " + "; ".join(result["errors"]))
+            lines.append("failed: " + "; ".join(result["errors"]))
     click.echo("\n".join(lines))
 
 

@@ -3,30 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
+from retention.ids import NotAnId, canonical_id
 from retention.model import ClientRegistry, ClientStates
 
 
 def judge(rows: Iterable[Mapping[str, Any]], registry: ClientRegistry, ended_before: datetime) -> ClientStates:
-    """A client expires only when every registry row of it has an ended status and ended before the cutoff."""
-    ended_long_ago: dict[Any, bool] = {}
-    known: set[Any] = set()
+    """A client expires only when every registry row of it has an ended status and ended before the cutoff.
+
+    Clients are named by canonical text (retention.ids), whatever type the registry stores them as.
+    """
+    ended_long_ago: dict[str, bool] = {}
+    known: set[str] = set()
     for row in rows:
-        client = row.get(registry.id_field)
+        try:
+            client = canonical_id(row.get(registry.id_field))
+        except NotAnId:
+            continue  # a registry row that names no client cannot make anything expire
         if client is None:
             continue
-        status, ended_at = row.get(registry.status_field), row.get(registry.ended_at_field)
-        ended = status in registry.ended_statuses and isinstance(ended_at, datetime)
+        status, ended_at = row.get(registry.status_field), ended_instant(row.get(registry.ended_at_field))
+        ended = status in registry.ended_statuses and ended_at is not None
         if ended or status in registry.active_statuses:
             known.add(client)
-        this_row = ended and isinstance(ended_at, datetime) and _utc(ended_at) < ended_before
+        this_row = ended and ended_at is not None and ended_at < ended_before
         ended_long_ago[client] = ended_long_ago.get(client, True) and this_row
     expired = frozenset(client for client, verdict in ended_long_ago.items() if verdict)
     return ClientStates(expired, frozenset(known) | expired)
 
 
-def _utc(value: datetime) -> datetime:
-    # BSON dates come back naive and in UTC
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+def ended_instant(value: Any) -> datetime | None:
+    """When a client ended: a timestamp (naive ones, such as BSON dates, are UTC) or a date (its first instant)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, time.min, tzinfo=UTC)
+    return None

@@ -373,6 +373,12 @@ def _holds(top: Section, rules_by_name: dict[str, Rule]) -> tuple[Hold, ...]:
             if client_ids and not rules_by_name[rule].client_field:
                 raise section.error("client_ids", f"rule {rule!r} does not know its records' client "
                                                   "(no expire.client_field), so a client hold cannot apply to it")
+        if client_ids and not rules:
+            blind = [name for name, rule in rules_by_name.items() if not rule.client_field]
+            if blind:
+                raise section.error("client_ids", f"rule {blind[0]!r} cannot tell its records' clients (no "
+                                                  "expire.client_field or client_key), so this hold would keep "
+                                                  "nothing of it: list the rules the hold applies to in `rules`")
         until = section.parsed("until", end_of_day_or_instant, None)
         if not client_ids and not rules:
             raise section.error(None, "a hold needs client_ids and/or rules (what it keeps)")

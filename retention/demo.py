@@ -64,6 +64,7 @@ ended_statuses = ["closed", "deletion_requested"]
 [[holds]]
 name = "litigation-2026-017"
 client_ids = ["c-1042"]
+rules = ["end-users-after-client-leaves", "client-contacts-after-client-leaves"]  # the rules that know clients
 
 [[rules]]
 name = "cookie-data-24-months"

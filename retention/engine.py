@@ -7,7 +7,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -30,8 +30,16 @@ from retention.metrics import write_metrics
 from retention.model import Action, AgeCondition, ClientCondition, ClientRegistry, Counts, Selection
 from retention.progress import Progress, Silent
 from retention.redact import error_summary
-from retention.report import ERROR, INTERRUPTED, OK, OVER_THRESHOLD, Report, RuleReport
-from retention.requests import ErasureRequest, RequestOutcome, adapt, applies, mark, read_requests
+from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, Report, RuleReport
+from retention.requests import (
+    ErasureRequest,
+    RequestOutcome,
+    adapt,
+    mark,
+    no_rule_problem,
+    read_requests,
+    serving_rules,
+)
 from retention.secrets import RECORD_ID_LABEL, TRANSFORM_LABEL, derive
 from retention.settings import Environment
 from retention.timeutil import rfc3339
@@ -48,6 +56,14 @@ class RuleWork:
     rule: Rule
     selection: Selection
     action: Action
+    request: str | None = None  # set: this unit serves one erasure request (no thresholds; counted again after)
+    reason: str | None = None
+
+
+def request_work(work: RuleWork, request: ErasureRequest) -> RuleWork:
+    """The same rule, aimed at one erasure request's records."""
+    selection, action = adapt(work.selection, work.action, work.rule, request)
+    return RuleWork(work.rule, selection, action, request.id, request.reason)
 
 
 def select_rules(config: Config, names: Sequence[str]) -> list[Rule]:
@@ -136,13 +152,16 @@ def open_connectors(config: Config, env: Environment, rules: Sequence[Rule], als
 def _rule_report(work: RuleWork) -> RuleReport:
     rule = work.rule
     cutoff = work.selection.age.cutoff if work.selection.age else None
-    return RuleReport(rule.name, rule.policy, rule.connector, rule.target, rule.action, cutoff)
+    return RuleReport(rule.name, rule.policy, rule.connector, rule.target, work.action.kind, cutoff,
+                      request=work.request)
 
 
 def _assess(connectors: Stores, work: RuleWork, report: RuleReport) -> tuple[RuleWork, Counts | None]:
     """Check the target and count; fill the report. No counts when the rule cannot go on."""
     connector = connectors[work.rule.connector]
     problems = connector.check(work.selection, work.action)
+    if work.selection.held.problem:
+        problems.append(work.selection.held.problem)
     if problems:
         report.status, report.error = ERROR, "; ".join(problems)
         return work, None
@@ -151,7 +170,9 @@ def _assess(connectors: Stores, work: RuleWork, report: RuleReport) -> tuple[Rul
     report.total, report.matched, report.held, report.unknown_age = (counts.total, counts.matched, counts.held,
                                                                      counts.unknown_age)
     report.statement = connector.statement(work.selection, work.action)
-    if reason := threshold_reason(work.rule, counts):
+    if counts.held:  # what keeps them: the holds in scope, else the store's own lock (S3 Object Lock)
+        report.held_by = work.selection.held.holds or (f"{work.rule.connector}'s own lock (Object Lock)",)
+    if work.request is None and (reason := threshold_reason(work.rule, counts)):
         report.status, report.error = OVER_THRESHOLD, reason
     return work, counts
 
@@ -221,24 +242,22 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
                  previous_incomplete=audit.previous_incomplete)
         started = time.monotonic()
         try:
+            executor = Executor(connectors, audit, id_key, config, dry_run, should_stop, progress or Silent())
             for work in works:
                 if should_stop():
                     raise Interrupted
                 rule_report = _rule_report(work)
                 report.rules.append(rule_report)
-                _enforce(connectors, work, rule_report, audit, id_key, config, dry_run, should_stop,
-                         progress or Silent())
+                executor.enforce(work, rule_report)
             if config.requests:
-                report.requests = _process_requests(config, connectors, holds, keys, audit, now, clock, rules,
-                                                    dry_run, should_stop)
+                partial = {rule.name for rule in rules} != {rule.name for rule in config.rules}
+                _serve_requests(config, executor, report, [compile_rule(config, rule, now, keys.transform, holds)
+                                                           for rule in rules], partial, clock)
         except (Interrupted, KeyboardInterrupt):
-            report.interrupted = True
-            failed = report.rules[-1] if report.rules else None
-            if failed:
-                failed.status = INTERRUPTED
-                failed.error = "interrupted; the batch in flight was committed or rolled back whole"
-                audit.event("rule_failed", rule=failed.name, error_class="Interrupted", message=failed.error,
-                            changed=failed.changed)
+            report.interrupted = True  # the unit in flight has recorded its own interruption
+        except Exception as exc:  # a defect of ours: recorded, and the log still signed with status failed
+            report.errors.append(_unexpected(exc))
+            log.error("run_failed", error=report.errors[-1])
         finally:
             _finish(audit, report, started, id_key is not None)
             if worm:
@@ -252,70 +271,50 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
     return report
 
 
-def _process_requests(config: Config, connectors: dict[str, Connector], holds: Sequence[Hold], keys: RunKeys,
-                      audit: AuditWriter, now: datetime, clock: Clock, rules: Sequence[Rule], dry_run: bool,
-                      should_stop: Callable[[], bool]) -> list[RequestOutcome]:
-    """Apply every pending erasure request through each rule that can find its records; write back the outcome."""
-    try:
-        pending = read_requests(config, connectors, pending_only=True)
-    except RetentionError as exc:
-        log.error("requests_unreadable", error=str(exc))
-        return [RequestOutcome(ErasureRequest("?", None, None, "", None, "", None), errors=[str(exc)])]
-    outcomes = []
-    for request in pending:
-        if should_stop():
-            raise Interrupted
-        outcome = RequestOutcome(request)
-        for rule in [r for r in rules if applies(r, request)]:
-            work = compile_rule(config, rule, now, keys.transform, holds)
-            selection, action = adapt(work.selection, work.action, rule, request)
-            outcome.rules.append(_serve(connectors, RuleWork(rule, selection, action), request, audit,
-                                        keys.record_ids, config, dry_run, outcome))
-        if not dry_run:
-            try:
-                mark(config, connectors, outcome, audit.run_id, str(audit.path), clock())
-            except RetentionError as exc:
-                outcome.errors.append(str(exc))
-        log.info("request_processed", request=str(request.id), done=outcome.done, rules=len(outcome.rules))
-        outcomes.append(outcome)
-    return outcomes
+def _serve_requests(config: Config, executor: Executor, report: Report, works: Sequence[RuleWork], partial: bool,
+                    clock: Clock) -> None:
+    """Serve every pending erasure request through each rule able to find its records, then write back the outcome.
 
-
-def _serve(connectors: dict[str, Connector], work: RuleWork, request: ErasureRequest, audit: AuditWriter,
-           id_key: bytes | None, config: Config, dry_run: bool, outcome: RequestOutcome) -> dict[str, Any]:
-    """One rule's share of one request: count, then change, under the same audit events as a rule."""
-    rule, request_id = work.rule, str(request.id)
-    entry: dict[str, Any] = {"rule": rule.name, "connector": rule.connector, "target": rule.target,
-                             "action": work.action.kind, "matched": 0, "held": 0, "changed": 0, "status": OK}
-    audit.event("rule_started", rule=rule.name, request=request_id, reason=request.reason, connector=rule.connector,
-                target=rule.target, action=work.action.kind, cutoff=None, holds=list(work.selection.held.holds))
-    connector = connectors[rule.connector]
-    started = time.monotonic()
+    Each (rule, request) pair is a unit of the same executor as the rules; one request's failure is recorded as
+    that request's and the others still run.
+    """
+    audit = executor.audit
     try:
-        problems = connector.check(work.selection, work.action)
-        if problems:
-            raise _RuleProblem("; ".join(problems))
-        counts = connector.count(work.selection)
-        entry.update(matched=counts.matched, held=counts.held)
-        if counts.held:
-            outcome.held_by.extend(h for h in work.selection.held.holds if h not in outcome.held_by)
-        if not dry_run:
-            for batch in connector.apply(work.selection, work.action, batch_size=config.batch_size(rule),
-                                         limit=counts.matched, id_key=id_key):
-                fields = {"ids_digest": audit.record_ids("changed", rule.name, batch.ids)[1]} if id_key else {}
-                entry["changed"] += batch.count
-                audit.event("batch_applied", rule=rule.name, request=request_id, action=work.action.kind,
-                            count=batch.count, **fields)
-        audit.event("rule_finished", rule=rule.name, request=request_id, total=counts.total, matched=counts.matched,
-                    changed=entry["changed"], held=counts.held, unknown_age=0,
-                    duration_ms=int((time.monotonic() - started) * 1000))
-    except (RetentionError, _RuleProblem) as exc:
+        pending = read_requests(config, executor.connectors, pending_only=True)
+    except Exception as exc:  # an unreadable table, or rows no request can be made of
         error_class, message = error_summary(exc)
-        entry.update(status=ERROR, error=message)
-        outcome.errors.append(f"{rule.name}: {message}")
-        audit.event("rule_failed", rule=rule.name, request=request_id, error_class=error_class, message=message,
-                    changed=entry["changed"])
-    return entry
+        report.errors.append(f"erasure requests: {message}")
+        audit.event("rule_failed", rule="[requests]", error_class=error_class, message=message, changed=0)
+        log.error("requests_unreadable", error=message)
+        return
+    for request in pending:
+        if executor.should_stop():
+            raise Interrupted
+        outcome = RequestOutcome(request, partial=partial)
+        report.requests.append(outcome)
+        serving = [work for work in works if work.rule in serving_rules([work.rule], request)]
+        problem = request.problem or (None if serving else no_rule_problem(request))
+        if problem:
+            outcome.errors.append(problem)
+            audit.event("rule_failed", rule="[requests]", request=request.id, error_class="RequestProblem",
+                        message=problem, changed=0)
+            log.error("request_refused", request=request.id, error=problem)
+        for work in serving if not problem else ():
+            unit = request_work(work, request)
+            rule_report = _rule_report(unit)
+            outcome.rules.append(rule_report)
+            executor.enforce(unit, rule_report)
+        if not executor.dry_run:
+            try:
+                mark(config, executor.connectors, outcome, audit.run_id, str(audit.path.resolve()), clock())
+            except Exception as exc:
+                outcome.errors.append(f"the outcome could not be written back: {error_summary(exc)[1]}")
+        log.info("request_processed", request=request.id, status=outcome.status, rules=len(outcome.rules))
+
+
+def _unexpected(exc: BaseException) -> str:
+    error_class, message = error_summary(exc)
+    return f"{error_class}: {message}"
 
 
 def _open_worm(config: Config, connectors: dict[str, Connector]
@@ -335,24 +334,32 @@ def _open_worm(config: Config, connectors: dict[str, Connector]
 
 def _finish(audit: AuditWriter, report: Report, started: float, hashed_ids: bool) -> None:
     """Write run_finished with the totals and sign the log."""
-    structlog.contextvars.unbind_contextvars("rule", "connector")
-    totals = {name: sum(getattr(rule, name) for rule in report.rules)
+    structlog.contextvars.unbind_contextvars("rule", "connector", "request")
+    units = [*report.rules, *(unit for outcome in report.requests for unit in outcome.rules)]
+    totals = {name: sum(getattr(unit, name) for unit in units)
               for name in ("matched", "changed", "held", "unknown_age")}
-    extra = {"ids_sha256": audit.ids_sha256()} if hashed_ids else {}
+    extra: dict[str, object] = {"ids_sha256": audit.ids_sha256()} if hashed_ids else {}
+    if report.errors:
+        extra["errors"] = report.errors
     audit.event("run_finished", status=report.status, exit_code=report.exit_code,
                 duration_ms=int((time.monotonic() - started) * 1000),
-                rules_failed=sum(rule.status in (ERROR, INTERRUPTED) for rule in report.rules),
-                rules_skipped=sum(rule.status == OVER_THRESHOLD for rule in report.rules), **totals, **extra)
+                rules_failed=sum(unit.status in (ERROR, INTERRUPTED) for unit in units),
+                rules_skipped=sum(unit.status == OVER_THRESHOLD for unit in units),
+                requests_failed=sum(outcome.failed for outcome in report.requests), **totals, **extra)
     audit.close()
     log.info("run_finished", status=report.status, exit_code=report.exit_code, audit_file=str(audit.path), **totals)
 
 
 def _copy_to_worm(worm: WormCopy, audit: AuditWriter, directory: Path, report: Report, now: datetime) -> None:
-    """Upload this run's files, and any earlier signed run the bucket is missing; a failure fails the run (exit 1)."""
+    """Upload this run's files, and every earlier run the bucket is missing; a failure fails the run (exit 1).
+
+    Earlier runs that died unsigned go too: this run's signed log chains to them, which seals their bytes, and
+    the batches they applied must be preserved off the host like any other.
+    """
     try:
-        earlier = [path for run in run_files(directory) if run != audit.path
+        earlier = [path for run in run_files(directory) if run.name < audit.path.name
                    for path in (run, run.with_name(run.name + ".sig"), run.with_name(run.name[:-6] + ".ids"))
-                   if path.exists() and run.with_name(run.name + ".sig").exists()]
+                   if path.exists()]
         worm.upload([*worm.missing(earlier), *audit.files()], now)
     except AuditError as exc:
         report.audit_copy_error = str(exc)
@@ -380,18 +387,51 @@ def _run_keys(config: Config, env: Environment) -> RunKeys:
                    derive(root, RECORD_ID_LABEL) if root and hashed else None)
 
 
-def _enforce(connectors: Stores, work: RuleWork, report: RuleReport, audit: AuditWriter,
-             id_key: bytes | None, config: Config, dry_run: bool, should_stop: Callable[[], bool],
-             progress: Progress) -> None:
-    """One rule: assess, then change batch by batch; a failure is recorded and the run goes on."""
-    rule = work.rule
-    structlog.contextvars.bind_contextvars(rule=rule.name, connector=rule.connector)
-    audit.event("rule_started", rule=rule.name, connector=rule.connector, target=rule.target, action=rule.action,
-                cutoff=rfc3339(report.cutoff) if report.cutoff else None, holds=list(work.selection.held.holds))
-    started = time.monotonic()
-    try:
-        connector = connectors[rule.connector]
-        work, counts = _assess(connectors, work, report)
+@dataclass
+class Executor:
+    """Runs units (a rule, or a rule serving one erasure request) the same way: one path, one stop signal."""
+
+    connectors: Stores
+    audit: AuditWriter
+    id_key: bytes | None
+    config: Config
+    dry_run: bool
+    should_stop: Callable[[], bool]
+    progress: Progress
+
+    def enforce(self, work: RuleWork, report: RuleReport) -> None:
+        """Assess, then change batch by batch; a failure is recorded as this unit's and the run goes on.
+
+        A stop request ends the unit between batches: it records its own interruption, then re-raises.
+        """
+        rule, audit = work.rule, self.audit
+        request = {"request": work.request, "reason": work.reason} if work.request else {}
+        structlog.contextvars.bind_contextvars(rule=rule.name, connector=rule.connector, request=work.request)
+        audit.event("rule_started", rule=rule.name, connector=rule.connector, target=rule.target,
+                    action=work.action.kind, cutoff=rfc3339(report.cutoff) if report.cutoff else None,
+                    holds=list(work.selection.held.holds), **request)
+        started = time.monotonic()
+        try:
+            self._enforce(work, report, started)
+        except (Interrupted, KeyboardInterrupt):
+            report.status = INTERRUPTED
+            report.error = "interrupted; the batch in flight was committed or rolled back whole"
+            self._failed(work, report, "Interrupted", report.error, started)
+            raise
+        except Exception as exc:  # whatever it is, it is this unit's failure, never the run's crash
+            error_class, message = error_summary(exc)
+            if isinstance(exc, _RuleProblem):
+                error_class = "TargetProblem"
+            report.status, report.error = ERROR, message
+            self._failed(work, report, error_class, message, started)
+        finally:
+            structlog.contextvars.unbind_contextvars("rule", "connector", "request")
+
+    def _enforce(self, work: RuleWork, report: RuleReport, started: float) -> None:
+        rule, audit = work.rule, self.audit
+        request: dict[str, object] = {"request": work.request} if work.request else {}
+        connector = self.connectors[rule.connector]
+        work, counts = _assess(self.connectors, work, report)
         if counts is None:
             raise _RuleProblem(report.error or "")
         if report.status == OVER_THRESHOLD:
@@ -400,53 +440,50 @@ def _enforce(connectors: Stores, work: RuleWork, report: RuleReport, audit: Audi
                         max_records=rule.max_records)
             log.warning("rule_skipped", reason=report.error)
             return
-        if not dry_run:
-            progress.start(rule.name, counts.matched)
-            for batch in connector.apply(work.selection, work.action, batch_size=config.batch_size(rule),
-                                         limit=counts.matched, id_key=id_key, should_stop=should_stop):
-                progress.advance(batch.count)
+        if not self.dry_run:
+            self.progress.start(rule.name, counts.matched)
+            for batch in connector.apply(work.selection, work.action, batch_size=self.config.batch_size(rule),
+                                         limit=counts.matched, id_key=self.id_key, should_stop=self.should_stop):
+                self.progress.advance(batch.count)
                 fields = {}
-                if id_key:
+                if self.id_key:
                     fields["ids_digest"] = audit.record_ids("changed", rule.name, batch.ids)[1]
                 report.changed += batch.count
-                audit.event("batch_applied", rule=rule.name, action=rule.action, count=batch.count, **fields)
+                audit.event("batch_applied", rule=rule.name, action=work.action.kind, count=batch.count,
+                            **request, **fields)
                 log.debug("batch_applied", count=batch.count, changed=report.changed)
-            progress.finish()
-            if should_stop():
+            self.progress.finish()
+            if self.should_stop():
                 raise Interrupted  # every batch the store finished is in the log; no new one was started
-        held_fields = _record_held(connector, work, counts, audit, id_key, config) if id_key else {}
+        if work.request is not None:  # a request is done only when a fresh count finds nothing of it left
+            report.remaining = counts.matched if self.dry_run else connector.count(work.selection).matched
+            request["remaining"] = report.remaining
+        held_fields = self._record_held(connector, work, counts) if self.id_key else {}
         report.duration_ms = int((time.monotonic() - started) * 1000)
         audit.event("rule_finished", rule=rule.name, total=report.total, matched=report.matched,
                     changed=report.changed, held=report.held, unknown_age=report.unknown_age,
-                    duration_ms=report.duration_ms, **held_fields)
+                    duration_ms=report.duration_ms, **request, **held_fields)
         log.info("rule_finished", matched=report.matched, changed=report.changed, held=report.held,
                  unknown_age=report.unknown_age, duration_ms=report.duration_ms)
-    except (RetentionError, _RuleProblem) as exc:
-        _fail(report, audit, exc, started)
-    except Exception as exc:
-        _fail(report, audit, exc, started)
+
+    def _failed(self, work: RuleWork, report: RuleReport, error_class: str, message: str, started: float) -> None:
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        request = {"request": work.request} if work.request else {}
+        self.audit.event("rule_failed", rule=report.name, error_class=error_class, message=message,
+                         changed=report.changed, **request)
+        log.error("rule_failed", error_class=error_class, error=message, changed=report.changed)
+
+    def _record_held(self, connector: Connector, work: RuleWork, counts: Counts) -> dict[str, object]:
+        """Name the held records in the sidecar by keyed hash, streamed in chunks."""
+        assert self.id_key is not None
+        chunks = connector.held_ids(work.selection, self.config.batch_size(work.rule), self.id_key) \
+            if counts.held else iter(())
+        lines, digest = self.audit.record_ids("held", work.rule.name, (value for chunk in chunks for value in chunk))
+        return {"held_ids": lines, "held_ids_digest": digest}
 
 
-class _RuleProblem(Exception):
-    """The rule's target failed its checks."""
-
-
-def _fail(report: RuleReport, audit: AuditWriter, exc: Exception, started: float) -> None:
-    error_class, message = error_summary(exc)
-    if isinstance(exc, _RuleProblem):
-        error_class = "TargetProblem"
-    report.status, report.error = ERROR, message
-    report.duration_ms = int((time.monotonic() - started) * 1000)
-    audit.event("rule_failed", rule=report.name, error_class=error_class, message=message, changed=report.changed)
-    log.error("rule_failed", error_class=error_class, error=message, changed=report.changed)
-
-
-def _record_held(connector: Connector, work: RuleWork, counts: Counts, audit: AuditWriter,
-                 id_key: bytes, config: Config) -> dict[str, object]:
-    """Name the held records in the sidecar by keyed hash, streamed in chunks."""
-    chunks = connector.held_ids(work.selection, config.batch_size(work.rule), id_key) if counts.held else iter(())
-    lines, digest = audit.record_ids("held", work.rule.name, (value for chunk in chunks for value in chunk))
-    return {"held_ids": lines, "held_ids_digest": digest}
+class _RuleProblem(RetentionError):
+    """The rule's target failed its checks (the message names fields and tables)."""
 
 
 def _user() -> str:
@@ -476,15 +513,36 @@ def check(config: Config, env: Environment, now: datetime) -> list[TargetCheck]:
                 results.append(TargetCheck("[holds_source]", target, ()))
             except RetentionError as exc:
                 results.append(TargetCheck("[holds_source]", target, (str(exc),)))
+        if config.requests:
+            requests = config.requests
+            results.append(_check_rows(connectors, "[requests]", requests.connector, requests.table, (
+                requests.id_field, requests.client_field, requests.subject_field, requests.reason_field,
+                requests.received_field, requests.status_field, requests.result_field)))
         for rule in config.rules:
             work = compile_rule(config, rule, now, PLAN_KEY)
             target = f"{rule.connector}:{rule.target}"
+            connector = connectors[rule.connector]
             try:
-                results.append(TargetCheck(rule.name, target, tuple(connectors[rule.connector].check(
-                    work.selection, work.action))))
+                problems = connector.check(work.selection, work.action)
+                if rule.client_field and config.requests:  # the fields an erasure request is served by
+                    probe = ErasureRequest("probe", None, "probe", "probe" if rule.subject else None, "", None, "",
+                                           None)
+                    unit = request_work(work, probe)
+                    problems += [p for p in connector.check(unit.selection, unit.action) if p not in problems]
+                results.append(TargetCheck(rule.name, target, tuple(problems)))
             except RetentionError as exc:
                 results.append(TargetCheck(rule.name, target, (str(exc),), unreachable=True))
     return results
+
+
+def _check_rows(connectors: Stores, label: str, connector: str, table: str, fields: Sequence[str]) -> TargetCheck:
+    """A table of rows (requests, holds) exists and has the configured fields."""
+    try:
+        with closing(iter(connectors[connector].read_rows(table, list(fields)))) as rows:  # type: ignore[type-var]
+            next(rows, None)
+    except RetentionError as exc:
+        return TargetCheck(label, f"{connector}:{table}", (str(exc),))
+    return TargetCheck(label, f"{connector}:{table}", ())
 
 
 @dataclass(frozen=True)
@@ -521,7 +579,11 @@ def hold_reports(config: Config, env: Environment, now: datetime) -> list[HoldRe
 
 def request_preview(config: Config, env: Environment, now: datetime, request_id: str | None
                     ) -> list[tuple[ErasureRequest, list[dict[str, Any]]]]:
-    """Each request (or the one named), with what it would change now, rule by rule: the confirmation step."""
+    """Each request (or the one named), with what it would change now, rule by rule: the confirmation step.
+
+    A request that cannot be served (no client, a child_data request without the child, ids that are not ids)
+    says so here, before any run.
+    """
     if config.requests is None:
         raise ConfigError("no [requests] table in the config", source=str(config.path), key="requests")
     previews = []
@@ -529,22 +591,24 @@ def request_preview(config: Config, env: Environment, now: datetime, request_id:
         holds = load_holds(config, connectors)
         requests = read_requests(config, connectors, pending_only=False)
         if request_id is not None:
-            requests = [r for r in requests if str(r.id) == request_id]
+            requests = [r for r in requests if r.id == request_id]
             if not requests:
                 raise UsageError(f"no erasure request {request_id!r} in {config.requests.connector}:"
                                  f"{config.requests.table}")
         for request in requests:
             rows = []
-            for rule in [r for r in config.rules if applies(r, request)]:
-                work = compile_rule(config, rule, now, PLAN_KEY, holds)
-                selection, action = adapt(work.selection, work.action, rule, request)
+            serving = [] if request.problem else serving_rules(config.rules, request)
+            for rule in serving:
+                work = request_work(compile_rule(config, rule, now, PLAN_KEY, holds), request)
                 row: dict[str, Any] = {"rule": rule.name, "connector": rule.connector, "target": rule.target,
-                                       "action": action.kind}
+                                       "action": work.action.kind}
                 try:
-                    counts = connectors[rule.connector].count(selection)
+                    counts = connectors[rule.connector].count(with_registry(work, connectors).selection)
                     row.update(would_change=counts.matched, held=counts.held)
                 except RetentionError as exc:
                     row.update(would_change=None, held=None, error=str(exc))
                 rows.append(row)
+            if not request.problem and not serving:
+                request = replace(request, problem=no_rule_problem(request))
             previews.append((request, rows))
     return previews

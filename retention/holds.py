@@ -11,6 +11,7 @@ import structlog
 from retention.config import Config, Hold, HoldSource, Rule
 from retention.connector import Connector
 from retention.errors import ConnectorError, RetentionError
+from retention.ids import NotAnId, canonical_id, canonical_ids
 from retention.model import HeldScope
 from retention.timeutil import end_of_day_or_instant
 
@@ -38,7 +39,12 @@ def load_holds(config: Config, connectors: Mapping[str, Connector]) -> tuple[Hol
 def _hold(source: HoldSource, index: int, row: Mapping[str, Any], rule_names: set[str]) -> Hold:
     """One row as a hold. Doubtful rows err on the side of keeping data, and say so in the log."""
     name = str(row.get(source.name_field) or f"{source.table}#{index}")
-    client, rule = row.get(source.client_field), row.get(source.rule_field)
+    rule = row.get(source.rule_field)
+    try:
+        client = canonical_id(row.get(source.client_field))
+    except NotAnId:
+        client = None  # without a client it names, the hold keeps everything in its scope
+        log.warning("hold_client_unreadable", hold=name, detail="holds every record of its rules until fixed")
     rules: tuple[str, ...] = ()
     if rule:
         if str(rule) in rule_names:
@@ -48,7 +54,7 @@ def _hold(source: HoldSource, index: int, row: Mapping[str, Any], rule_names: se
     until = _until(row.get(source.until_field))
     if row.get(source.until_field) not in (None, "") and until is None:
         log.warning("hold_until_unreadable", hold=name, detail="held without end until fixed")
-    return Hold(name, (client,) if client not in (None, "") else (), rules, until,
+    return Hold(name, (client,) if client is not None else (), rules, until,
                 source=f"{source.connector}:{source.table}", reason=str(row.get(source.reason_field) or ""))
 
 
@@ -70,12 +76,18 @@ def applies(hold: Hold, rule: Rule) -> bool:
 
 
 def held_scope(holds: Iterable[Hold], rule: Rule, now: datetime) -> HeldScope:
-    """The holds in force at `now` that apply to `rule`: the whole rule, or some of its clients."""
+    """The holds in force at `now` that apply to `rule`: the whole rule, or some of its clients (canonical ids)."""
     active = [hold for hold in holds if hold.active_at(now) and applies(hold, rule)]
+    names = tuple(hold.name for hold in active)
     if not rule.client_field:
-        # a client hold cannot single out records of a rule that does not know their client: it keeps them all,
-        # unless it only named clients without naming this rule (then the rule's records are not client data)
-        active = [hold for hold in active if not hold.client_ids or hold.rules]
-    everything = any(not hold.client_ids or not rule.client_field for hold in active)
-    client_ids = tuple(dict.fromkeys(cid for hold in active for cid in hold.client_ids))
-    return HeldScope(everything, rule.client_field, client_ids, tuple(hold.name for hold in active))
+        blind = [hold for hold in active if hold.client_ids]
+        if blind:  # never silently weaker: the hold would keep nothing of this rule, or everything
+            return HeldScope(True, None, (), names, problem=unidentifiable(blind[0], rule))
+    everything = any(not hold.client_ids for hold in active)
+    client_ids = tuple(sorted({cid for hold in active for cid in canonical_ids(hold.client_ids)}))
+    return HeldScope(everything, rule.client_field, client_ids, names)
+
+
+def unidentifiable(hold: Hold, rule: Rule) -> str:
+    return (f"hold {hold.name!r} ({hold.source}) names clients, but rule {rule.name!r} cannot tell its records' "
+            "clients (no expire.client_field or client_key): give the hold the rules it applies to")

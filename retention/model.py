@@ -43,8 +43,8 @@ class AgeCondition:
 class ClientStates:
     """Client ids whose records have expired, and ids in a usable state (active, or ended with a date)."""
 
-    expired: frozenset[Any]
-    known: frozenset[Any]
+    expired: frozenset[str]  # canonical ids (retention.ids)
+    known: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,9 @@ class HeldScope:
 
     everything: bool = False
     client_field: str | None = None
-    client_ids: tuple[Any, ...] = ()
+    client_ids: tuple[str, ...] = ()  # canonical ids (retention.ids)
     holds: tuple[str, ...] = ()
+    problem: str | None = None  # a hold in scope that this rule cannot apply: the rule must not run
 
     @property
     def active(self) -> bool:
@@ -81,9 +82,9 @@ class Erasure:
 
     request_id: str
     client_field: str
-    client_id: Any
+    client_id: str  # canonical ids (retention.ids)
     subject_field: str | None = None
-    subject_id: Any = None
+    subject_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,9 @@ class RuleReport:
     error: str | None = None
     statement: str | None = None
     duration_ms: int = 0
+    request: str | None = None  # the erasure request this rule served, if any
+    remaining: int | None = None  # a request's records still there after the change (counted again)
+    held_by: tuple[str, ...] = ()  # what kept the held records: hold names, or the store's own lock
 
     def to_json(self, *, with_changed: bool) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -57,14 +60,14 @@ class Report:
     interrupted: bool = False
     audit_copy_error: str | None = None  # the WORM copy could not be read or written
     requests: list[Any] = field(default_factory=list)  # RequestOutcome of each erasure request processed
-
+    errors: list[str] = field(default_factory=list)  # failures outside any rule (an unreadable requests table)
 
     @property
     def exit_code(self) -> int:
         statuses = {rule.status for rule in self.rules}
-        if ERROR in statuses or INTERRUPTED in statuses or self.interrupted or self.audit_copy_error:
+        if ERROR in statuses or INTERRUPTED in statuses or self.interrupted or self.audit_copy_error or self.errors:
             return 1
-        if any(outcome.errors for outcome in self.requests):
+        if any(outcome.failed for outcome in self.requests):
             return 1
         if OVER_THRESHOLD in statuses:
             return 3
@@ -82,8 +85,6 @@ class Report:
         if self.is_run:
             data.update(run_id=self.run_id, audit_file=str(self.audit_file) if self.audit_file else None,
                         dry_run=self.dry_run, status=self.status, exit_code=self.exit_code,
-                        audit_copy_error=self.audit_copy_error,
-                        requests=[{"id": o.request.id, "status": "done" if o.done else "pending",
-                                   "held_by": o.held_by, "errors": o.errors, "rules": o.rules}
-                                  for o in self.requests])
+                        audit_copy_error=self.audit_copy_error, errors=self.errors,
+                        requests=[outcome.to_json() for outcome in self.requests])
         return data

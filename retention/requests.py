@@ -1,14 +1,16 @@
 """Erasure requests: a client's instruction, an end user's request through their client, a child's data.
 
-Each run processes pending requests across every rule that can identify their records, whatever the records'
-age. A legal hold still wins: the held records stay, and the request stays pending with the reason recorded.
-A request is marked done, with its per-rule counts, only when all of its work succeeded.
+Each run serves pending requests through every rule that can identify their records, whatever the records' age,
+as work units of the same executor that enforces the rules. A request is marked done only when every rule able to
+serve it did so in a full run (not a `--rule` run) and a count after the change finds nothing left: a held record
+(a legal hold, S3 Object Lock) keeps it pending with the reason, a failure marks it failed. Requests are read
+as untrusted input: ids must be scalar (retention.ids), and a request that cannot be served says why.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -16,44 +18,78 @@ from typing import Any
 from retention.config import Config, RequestSource, Rule
 from retention.connector import Connector
 from retention.errors import ConnectorError, RetentionError
-from retention.model import Action, Erasure
+from retention.ids import NotAnId, canonical_id
+from retention.model import Action, Erasure, Selection
+from retention.report import ERROR, INTERRUPTED, RuleReport
 
 CHILD_DATA = "child_data"  # always deleted, whatever the rule's action
+DONE, PENDING, FAILED = "done", "pending", "failed"
 
 
 @dataclass(frozen=True)
 class ErasureRequest:
-    id: Any
-    client_id: Any
-    subject_id: Any
+    """One row of the requests table. Ids are canonical text; `key` is the row's id as stored, to write back."""
+
+    id: str
+    key: Any
+    client_id: str | None
+    subject_id: str | None
     reason: str
     received_at: Any
     status: str
     result: dict[str, Any] | None
+    problem: str | None = None  # why it cannot be served, naming fields, never values
 
     @property
     def pending(self) -> bool:
-        return self.result is None or self.result.get("status") != "done"
+        return self.result is None or self.result.get("status") != DONE
 
 
 @dataclass
 class RequestOutcome:
-    """What a run did (or a plan would do) for one request, rule by rule."""
+    """What a run did for one request: one report per rule that served it."""
 
     request: ErasureRequest
-    rules: list[dict[str, Any]] = field(default_factory=list)
-    held_by: list[str] = field(default_factory=list)
+    rules: list[RuleReport] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    partial: bool = False  # a `--rule` run: some rules able to serve it did not run
 
     @property
-    def done(self) -> bool:
-        return not self.held_by and not self.errors
+    def held_by(self) -> list[str]:
+        return list(dict.fromkeys(name for report in self.rules if report.held for name in report.held_by))
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or any(report.status in (ERROR, INTERRUPTED) for report in self.rules)
+
+    @property
+    def status(self) -> str:
+        if self.failed:
+            return FAILED
+        if self.partial or any(report.held or report.remaining for report in self.rules):
+            return PENDING
+        return DONE
+
+    @property
+    def waiting_for(self) -> list[str]:
+        """Why a request that did not fail is not done yet."""
+        reasons = [f"held by {', '.join(self.held_by)}"] if self.held_by else []
+        reasons += [f"{report.name}: {report.remaining} records remain" for report in self.rules if report.remaining]
+        if self.partial:
+            reasons.append("a full run: this run served it through some rules only (--rule)")
+        return reasons
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.request.id, "status": self.status, "held_by": self.held_by, "waiting_for": self.waiting_for,
+                "errors": self.errors + [f"{r.name}: {r.error}" for r in self.rules if r.error],
+                "rules": [{"rule": r.name, "connector": r.connector, "target": r.target, "action": r.action,
+                           "matched": r.matched, "changed": r.changed, "held": r.held, "remaining": r.remaining,
+                           "status": r.status, "error": r.error} for r in self.rules]}
 
     def result(self, run_id: str | None, audit_file: str | None, at: str) -> dict[str, Any]:
-        return {"status": "done" if self.done else "pending", "run_id": run_id, "audit_file": audit_file, "at": at,
-                "held_by": self.held_by, "errors": self.errors,
-                "rules": [{k: r[k] for k in ("rule", "connector", "target", "action", "changed", "held")}
-                          for r in self.rules]}
+        data = self.to_json()
+        del data["id"]
+        return {**data, "run_id": run_id, "audit_file": audit_file, "at": at}
 
 
 def read_requests(config: Config, connectors: Mapping[str, Connector], *, pending_only: bool
@@ -71,7 +107,7 @@ def read_requests(config: Config, connectors: Mapping[str, Connector], *, pendin
     requests = [_request(source, row) for row in rows]
     requests.sort(key=lambda r: str(r.received_at))
     if pending_only:
-        requests = [r for r in requests if r.status in source.pending_statuses and r.client_id not in (None, "")]
+        requests = [r for r in requests if r.status in source.pending_statuses]
     return requests
 
 
@@ -81,10 +117,26 @@ def _request(source: RequestSource, row: Mapping[str, Any]) -> ErasureRequest:
         result = json.loads(raw) if isinstance(raw, str) and raw else (raw if isinstance(raw, dict) else None)
     except json.JSONDecodeError:
         result = None
-    subject = row.get(source.subject_field)
-    return ErasureRequest(row.get(source.id_field), row.get(source.client_field), None if subject == "" else subject,
-                          str(row.get(source.reason_field) or ""), row.get(source.received_field),
-                          str(row.get(source.status_field) or ""), result)
+    reason = str(row.get(source.reason_field) or "")
+    ids: dict[str, str | None] = {}
+    problems = []
+    for name, key in (("id", source.id_field), ("client_id", source.client_field),
+                      ("subject_id", source.subject_field)):
+        try:
+            ids[name] = canonical_id(row.get(key))
+        except NotAnId as exc:
+            ids[name] = None
+            problems.append(f"{source.table}.{key}: {exc}")
+    if ids["id"] is None and not problems:
+        problems.append(f"{source.table}.{source.id_field} is empty: the request cannot be named or marked")
+    if ids["client_id"] is None and not problems:
+        problems.append(f"{source.table}.{source.client_field} is empty: the request names no client")
+    if reason == CHILD_DATA and ids["subject_id"] is None and not problems:
+        problems.append(f"a {CHILD_DATA} request must name the child in {source.table}.{source.subject_field}; "
+                        "it would otherwise delete every record of the client (use client_instruction for that)")
+    return ErasureRequest(ids["id"] or "?", row.get(source.id_field) if ids["id"] else None, ids["client_id"],
+                          ids["subject_id"], reason, row.get(source.received_field),
+                          str(row.get(source.status_field) or ""), result, "; ".join(problems) or None)
 
 
 def applies(rule: Rule, request: ErasureRequest) -> bool:
@@ -94,15 +146,21 @@ def applies(rule: Rule, request: ErasureRequest) -> bool:
     return request.subject_id is None or rule.subject is not None
 
 
-def erasure_of(rule: Rule, request: ErasureRequest) -> Erasure:
-    assert rule.client_field is not None
-    return Erasure(str(request.id), rule.client_field, request.client_id,
-                   rule.subject if request.subject_id is not None else None, request.subject_id)
+def serving_rules(rules: Sequence[Rule], request: ErasureRequest) -> list[Rule]:
+    return [rule for rule in rules if applies(rule, request)]
 
 
-def adapt(selection: Any, action: Action, rule: Rule, request: ErasureRequest) -> tuple[Any, Action]:
+def no_rule_problem(request: ErasureRequest) -> str:
+    what = "an end user's records (subject_field or subject_key)" if request.subject_id else "a client's records"
+    return f"no rule can identify {what}: nothing would be erased"
+
+
+def adapt(selection: Selection, action: Action, rule: Rule, request: ErasureRequest) -> tuple[Selection, Action]:
     """The rule's selection and action, aimed at the request's records; child data is always deleted."""
-    selection = replace(selection, age=None, client=None, erasure=erasure_of(rule, request))
+    assert rule.client_field is not None and request.client_id is not None
+    erasure = Erasure(request.id, rule.client_field, request.client_id,
+                      rule.subject if request.subject_id is not None else None, request.subject_id)
+    selection = replace(selection, age=None, client=None, erasure=erasure)
     if request.reason == CHILD_DATA:
         # deleted as quickly as possible: even records an earlier run anonymized
         return replace(selection, marker=None), Action("delete", marked_at=action.marked_at)
@@ -111,11 +169,13 @@ def adapt(selection: Any, action: Action, rule: Rule, request: ErasureRequest) -
 
 def mark(config: Config, connectors: Mapping[str, Connector], outcome: RequestOutcome, run_id: str,
          audit_file: str, now: datetime) -> None:
-    """Write the outcome back: done with its counts, or still pending with why."""
+    """Write the outcome back: done with its counts, or still pending (or failed) with why."""
     source = config.requests
     assert source is not None
+    if outcome.request.key is None:
+        return  # no usable id: the failure shows in the run's report and log instead
     values: dict[str, Any] = {source.result_field: json.dumps(outcome.result(run_id, audit_file, now.isoformat()),
                                                               sort_keys=True)}
-    if outcome.done:
+    if outcome.status == DONE:
         values[source.status_field] = source.done_status
-    connectors[source.connector].update_row(source.table, source.id_field, outcome.request.id, values)
+    connectors[source.connector].update_row(source.table, source.id_field, outcome.request.key, values)

@@ -150,7 +150,8 @@ def test_no_personal_data_reaches_logs_or_audit_files(kind: str, tmp_path: Path,
     add_cookies(store, NOW, timedelta(days=800))
     box = make_sandbox(tmp_path / "sandbox", store)
     box.write(COOKIE_RULE + END_USER_RULE.replace('email = "redact"', 'email = "redact", full_name = "redact"', 1)
-              .replace(', full_name = { redact = "X" }', ""), extra='[[holds]]\nname = "h"\nclient_ids = ["c-asked"]')
+              .replace(', full_name = { redact = "X" }', ""),
+              extra='[[holds]]\nname = "h"\nclient_ids = ["c-asked"]\nrules = ["end-users"]')
     metrics = tmp_path / "metrics" / "retention.prom"
     setting = f'batch_size = 2\nmetrics_file = "{metrics}"\n'
     box.config.write_text(box.config.read_text().replace("batch_size = 2\n", setting))

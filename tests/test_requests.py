@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,182 @@ def test_a_text_subject_names_an_integer_key(sandbox: Sandbox, pg_store: Postgre
     request(pg_store, "r-4", "c-active", "0", "end_user_request")
     outcome = run(sandbox)["requests"][0]
     assert ("done", 1) == (outcome["status"], next(r["changed"] for r in outcome["rules"] if r["rule"] == "end-users"))
+
+
+def outcome_of(report: dict[str, Any], rid: str) -> dict[str, Any]:
+    return next(o for o in report["requests"] if o["id"] == rid)
+
+
+def test_a_rule_run_serves_a_request_but_never_completes_it(sandbox: Sandbox, pg_store: PostgresStore,
+                                                            mongo_store: MongoStore) -> None:
+    """`run --rule` erases through that rule only and leaves the request pending; the next full run completes it."""
+    request(pg_store, "r-10", "c-active", None, "client_instruction")
+    result = sandbox.cli("run", "--rule", "end-users", "--format", "json")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    outcome = outcome_of(json.loads(result.stdout), "r-10")
+    assert ("pending", ["end-users"]) == (outcome["status"], [r["rule"] for r in outcome["rules"]])
+    assert any("full run" in reason for reason in outcome["waiting_for"])
+    assert "pending" == pg_store.find("erasure_requests")[0]["status"]
+    assert 3 == mongo_store.database["sessions"].count_documents({})
+    report = run(sandbox)
+    assert "done" == outcome_of(report, "r-10")["status"]
+    assert 0 == mongo_store.database["sessions"].count_documents({})
+    assert "done" == pg_store.find("erasure_requests")[0]["status"]
+
+
+def test_request_ids_that_are_documents_never_reach_a_query(tmp_path: Path, pg_store: PostgresStore,
+                                                             mongo_store: MongoStore) -> None:
+    """A client_id of {"$exists": true} in a MongoDB requests collection fails that request; nothing is deleted."""
+    pg_store.standard_schema()
+    seed_clients(pg_store, NOW)
+    sessions = mongo_store.database["sessions"]
+    sessions.insert_many([{"_id": i, "client": c} for i, c in enumerate(["c-active", "c-gone", "c-recent"])])
+    mongo_store.database["requests"].insert_many([
+        {"_id": "r-evil", "client_id": {"$exists": True}, "subject_id": None, "reason": "client_instruction",
+         "received_at": NOW, "status": "pending", "result": None},
+        {"_id": "r-ok", "client_id": "c-recent", "subject_id": None, "reason": "client_instruction",
+         "received_at": NOW, "status": "pending", "result": None}])
+    box = make_sandbox(tmp_path / "sandbox", pg_store)
+    box.write("""
+[[rules]]
+name = "sessions"
+connector = "events"
+collection = "sessions"
+expire = { client_field = "client", grace = "30 days" }
+action = "delete"
+max_fraction = 1.0
+""", extra='[requests]\nconnector = "events"\ncollection = "requests"\nid_field = "_id"\n'
+           f'[connectors.events]\ntype = "mongodb"\nurl = "{mongo_store.url}"\n'
+           f'database = "{mongo_store.database.name}"\n')
+    result = box.cli("run", "--format", "json")
+    assert 1 == result.exit_code, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    evil, ok = outcome_of(report, "r-evil"), outcome_of(report, "r-ok")
+    assert ("failed", []) == (evil["status"], evil["rules"])
+    assert "client_id" in evil["errors"][0] and "not an id" in evil["errors"][0]
+    assert "done" == ok["status"]
+    assert ["c-active"] == [d["client"] for d in sessions.find().sort("_id", 1)]  # c-gone's went by its rule
+
+
+def test_a_record_under_object_lock_keeps_the_request_pending(sandbox: Sandbox, pg_store: PostgresStore) -> None:
+    """An S3 object under legal hold (Object Lock) is held: the request stays pending and says what holds it."""
+    s3 = sandbox.s3  # type: ignore[attr-defined]
+    locked = f"locked-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    s3.put_object(Bucket=locked, Key="clients/c-active/users/user0@example.org/scan.pdf", Body=b"%PDF",
+                  ObjectLockLegalHoldStatus="ON")
+    sandbox.config.write_text(sandbox.config.read_text() + f"""
+[[rules]]
+name = "scans"
+connector = "files"
+bucket = "{locked}"
+client_key = "clients/{{client_id}}/"
+subject_key = "clients/{{client_id}}/users/{{subject_id}}/"
+expire = {{ grace = "30 days" }}
+action = "delete"
+max_fraction = 1.0
+""")
+    request(pg_store, "r-11", "c-active", "user0@example.org", "end_user_request")
+    try:
+        outcome = outcome_of(run(sandbox), "r-11")
+        assert ("pending", 1) == (outcome["status"], next(r["held"] for r in outcome["rules"] if r["rule"] == "scans"))
+        assert ["files's own lock (Object Lock)"] == outcome["held_by"]
+        assert "pending" == pg_store.find("erasure_requests")[0]["status"]
+    finally:
+        for version in s3.list_object_versions(Bucket=locked).get("Versions", []):
+            s3.put_object_legal_hold(Bucket=locked, Key=version["Key"], VersionId=version["VersionId"],
+                                     LegalHold={"Status": "OFF"})
+
+
+def test_a_driver_failure_fails_that_request_only(sandbox: Sandbox, pg_store: PostgresStore,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A foreign exception while serving one request is that request's failure, signed; the next request runs."""
+    import pymongo.collection
+
+    real = pymongo.collection.Collection.count_documents
+
+    def failing(self: Any, filter: dict[str, Any], *args: Any, **kwargs: Any) -> int:
+        if filter == {"client": {"$in": ["c-gone"]}}:  # request r-12's records, and nothing else
+            raise ValueError("driver trouble near jane.doe@example.org")
+        return real(self, filter, *args, **kwargs)
+
+    monkeypatch.setattr(pymongo.collection.Collection, "count_documents", failing)
+    request(pg_store, "r-12", "c-gone", None, "client_instruction")
+    pg_store.insert("erasure_requests", [{"id": "r-13", "client_id": "c-active", "subject_id": None,
+                                          "reason": "client_instruction", "received_at": NOW + timedelta(hours=1),
+                                          "status": "pending", "result": None}])
+    result = sandbox.cli("run", "--format", "json")
+    assert 1 == result.exit_code, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert ("failed", "done") == (outcome_of(report, "r-12")["status"], outcome_of(report, "r-13")["status"])
+    lines = [json.loads(line) for line in Path(report["audit_file"]).read_text().splitlines()]
+    failed = [e for e in lines if e["event"] == "rule_failed"]
+    assert [("sessions", "r-12", "ValueError")] == [(e["rule"], e.get("request"), e["error_class"]) for e in failed]
+    assert ("failed", 1) == (lines[-1]["status"], lines[-1]["exit_code"])
+    assert "jane.doe" not in Path(report["audit_file"]).read_text() + result.stdout
+    assert 0 == sandbox.cli("audit", "verify").exit_code
+    rows = {r["id"]: r for r in pg_store.find("erasure_requests")}
+    assert ("pending", "failed") == (rows["r-12"]["status"], json.loads(rows["r-12"]["result"])["status"])
+
+
+def test_check_names_a_mistyped_subject_field_and_request_field(sandbox: Sandbox) -> None:
+    """`check` finds a rule's unknown subject_field and an unknown column of the requests table before any run."""
+    sandbox.config.write_text(sandbox.config.read_text().replace('subject_field = "email"', 'subject_field = "emial"')
+                              .replace('table = "erasure_requests"\n',
+                                       'table = "erasure_requests"\nsubject_field = "subjct"\n'))
+    result = sandbox.cli("check")
+    assert 2 == result.exit_code, result.stdout + result.stderr
+    assert "emial" in result.stdout and "subjct" in result.stdout
+
+
+def test_a_request_without_a_client_fails_visibly(sandbox: Sandbox, pg_store: PostgresStore) -> None:
+    """NULL or empty client_id: failed with the reason in its result, in `requests list`, and in the exit code."""
+    request(pg_store, "r-14", "", None, "client_instruction")
+    listed = sandbox.cli("requests", "list")
+    assert "names no client" in listed.stdout
+    result = sandbox.cli("run", "--format", "json")
+    assert 1 == result.exit_code
+    assert "failed" == outcome_of(json.loads(result.stdout), "r-14")["status"]
+    row = pg_store.find("erasure_requests")[0]
+    assert ("pending", "failed") == (row["status"], json.loads(row["result"])["status"])
+    assert "names no client" in json.loads(row["result"])["errors"][0]
+
+
+def test_a_child_data_request_must_name_the_child(sandbox: Sandbox, pg_store: PostgresStore,
+                                                  mongo_store: MongoStore) -> None:
+    """child_data with no subject would erase the whole client: refused, said by `requests show` before any run."""
+    request(pg_store, "r-15", "c-active", None, "child_data")
+    shown = sandbox.cli("requests", "show", "r-15")
+    assert 0 == shown.exit_code and "must name the child" in shown.stdout
+    result = sandbox.cli("run", "--format", "json")
+    assert 1 == result.exit_code
+    assert "failed" == outcome_of(json.loads(result.stdout), "r-15")["status"]
+    assert 3 == mongo_store.database["sessions"].count_documents({})
+    assert "user0@example.org" in [r["email"] for r in pg_store.find("end_users")]
+
+
+def test_a_stop_during_a_request_ends_it_between_batches_and_blames_it(sandbox: Sandbox,
+                                                                       mongo_store: MongoStore,
+                                                                       pg_store: PostgresStore) -> None:
+    """The stop reaches a request's batches; rule_failed(Interrupted) names the request's unit, not a finished rule."""
+    from retention import engine
+    from retention.config import load_config
+    from retention.settings import Environment
+
+    request(pg_store, "r-16", "c-active", None, "client_instruction")
+    config = load_config(sandbox.config)
+
+    def stop() -> bool:  # once the request's first batch on `sessions` is in the log
+        lines = [json.loads(line) for path in sandbox.audit_dir.glob("*.jsonl")
+                 for line in path.read_text().splitlines()]
+        wanted = ("batch_applied", "r-16", "sessions")
+        return any((e["event"], e.get("request"), e.get("rule")) == wanted for e in lines)
+
+    report = engine.run(config, Environment(sandbox.env()), NOW, lambda: NOW + timedelta(seconds=1),
+                        should_stop=stop)
+    assert (1, "interrupted") == (report.exit_code, report.status)
+    assert 1 == mongo_store.database["sessions"].count_documents({})  # batch size 2 of 3: one batch ran
+    lines = [json.loads(line) for line in Path(str(report.audit_file)).read_text().splitlines()]
+    failed = [(e["rule"], e.get("request"), e["error_class"]) for e in lines if e["event"] == "rule_failed"]
+    assert [("sessions", "r-16", "Interrupted")] == failed
+    assert "pending" == pg_store.find("erasure_requests")[0]["status"]

@@ -1,0 +1,95 @@
+"""The one rule for comparing ids across stores: by canonical text.
+
+Client ids, hold ids and erasure-request ids travel between stores whose types differ (a PostgreSQL `bigint`,
+a MongoDB string, an id parsed out of an S3 key, a `uuid`). Every comparison goes through `canonical_id`: two ids
+are the same id when their canonical texts are equal. Each store then turns the canonical texts back into what
+its field holds (`sql_values` for a typed column, `mongo_values` for a schemaless field), so an index still serves
+the lookup. Values that are not scalar ids (documents, arrays, booleans, fractions) are refused: read from a
+store, they are untrusted input and must never reach a query as an operator.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
+_OBJECT_ID = re.compile(r"[0-9a-f]{24}")
+INT64 = range(-(2**63), 2**63)
+
+
+class NotAnId(ValueError):
+    """A value that cannot name a record: a document, an array, a boolean, a fraction, bytes."""
+
+    def __init__(self, value: Any) -> None:
+        # the type only: the value itself may be personal data or an injection attempt
+        super().__init__(f"a {type(value).__name__} is not an id (ids are text, integers or uuids)")
+
+
+def canonical_id(value: Any) -> str | None:
+    """The text an id compares by; None for no id at all (NULL, missing, empty text)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise NotAnId(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float | Decimal):
+        if value == value and value == int(value):  # integral: MongoDB shells store numbers as doubles
+            return str(int(value))
+        raise NotAnId(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if type(value).__module__ == "bson.objectid":
+        return str(value)
+    raise NotAnId(value)
+
+
+def canonical_ids(values: Iterable[Any]) -> frozenset[str]:
+    """The canonical texts of `values`; no-ids and values that are not ids are left out (they name nothing)."""
+    found = set()
+    for value in values:
+        try:
+            text = canonical_id(value)
+        except NotAnId:
+            continue
+        if text is not None:
+            found.add(text)
+    return frozenset(found)
+
+
+def as_integer(text: str) -> int | None:
+    """The integer a canonical text names, if it is one a 64-bit column can hold."""
+    if _INTEGER.fullmatch(text) and int(text) in INT64:
+        return int(text)
+    return None
+
+
+def as_uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+def mongo_values(texts: Iterable[str]) -> list[Any]:
+    """Every BSON value a schemaless field may hold for these ids: the text, and the number or ObjectId it spells.
+
+    MongoDB compares numbers by value across int, long and double, so one integer covers all three.
+    """
+    values: list[Any] = []
+    for text in sorted(set(texts)):
+        values.append(text)
+        number = as_integer(text)
+        if number is not None:
+            values.append(number)
+        if _OBJECT_ID.fullmatch(text):
+            from bson import ObjectId  # only MongoDB jobs get here, and they have bson
+
+            values.append(ObjectId(text))
+    return values
