@@ -71,6 +71,8 @@ class MongoConnector(ConnectorDefaults):
             yield {field: _get(document, field) for field in fields}
 
     def update_row(self, table: str, key_field: str, key: Any, values: Mapping[str, Any]) -> None:
+        if isinstance(key, Mapping | list):  # a document as the key would be read as query operators
+            raise ConnectorError(f"update of {table} refused: its {key_field} is not a scalar id")
         try:
             self._collection(table).update_one({key_field: key}, {"$set": dict(values)})
         except PyMongoError as exc:

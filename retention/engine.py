@@ -75,11 +75,15 @@ def select_rules(config: Config, names: Sequence[str]) -> list[Rule]:
 def compile_rule(config: Config, rule: Rule, now: datetime, hmac_key: bytes | None,
                  holds: Sequence[Hold] | None = None) -> RuleWork:
     """The rule's selection and action as of `now`: cutoffs computed here, once, in UTC."""
-    age = AgeCondition(rule.expire.field, rule.expire.after.before(now)) \
-        if rule.expire.after and rule.expire.field else None
-    client = None
-    if rule.expire.client_field and config.clients and rule.expire.grace:
-        client = ClientCondition(rule.expire.client_field, config.clients, rule.expire.grace.before(now))
+    try:
+        age = AgeCondition(rule.expire.field, rule.expire.after.before(now)) \
+            if rule.expire.after and rule.expire.field else None
+        client = None
+        if rule.expire.client_field and config.clients and rule.expire.grace:
+            client = ClientCondition(rule.expire.client_field, config.clients, rule.expire.grace.before(now))
+    except (OverflowError, ValueError):
+        raise UsageError(f"--now {rfc3339(now)} is too early for rule {rule.name!r}: its cutoff would fall before "
+                         "year 1") from None
     scope = held_scope(config.holds if holds is None else holds, rule, now)
     selection = Selection(rule.target, rule.key, age, client, scope, rule.marker,
                           dict(rule.scope), now)

@@ -39,12 +39,20 @@ def _minus_months(instant: datetime, months: int) -> datetime:
     return instant.replace(year=year, month=month, day=day)
 
 
+MAX_YEARS = 1000  # longer than any retention period, short enough for every date arithmetic to work
+_UNIT_DAYS = {"day": 1, "week": 7, "month": 31, "year": 366}
+
+
 def parse_duration(text: str) -> Duration:
     """Parse "N day(s)|week(s)|month(s)|year(s)"; raise ValueError with the accepted forms."""
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f'expected a duration like "30 days", "6 weeks", "24 months" or "7 years", got {text!r}')
-    return Duration(int(match.group(1)), match.group(2).lower())
+    duration = Duration(int(match.group(1)), match.group(2).lower())
+    if duration.amount * _UNIT_DAYS[duration.unit] > MAX_YEARS * 366:
+        raise ValueError(f"{text!r} is longer than {MAX_YEARS} years, more than any date arithmetic here can "
+                         "take; a retention period is years, not millennia")
+    return duration
 
 
 def parse_instant(text: str) -> datetime:

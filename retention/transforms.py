@@ -14,8 +14,17 @@ from datetime import date, datetime
 HMAC_BLOCK = 64  # SHA-256 block size, for the server-side HMAC construction
 # The address shapes truncate_ip accepts, shared with SQL so that every store agrees on what is an address.
 IPV4 = r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$"
-IPV6 = (r"^(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|(([0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})?::"
-        r"(([0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})?)$")
+# Exactly the valid textual IPv6 forms without an embedded IPv4 part: eight groups, or fewer around one `::`
+# that stands for at least one group. Anything looser lets PostgreSQL's `::inet` cast fail a whole batch.
+_H = "[0-9A-Fa-f]{1,4}"
+IPV6 = ("^(" + "|".join([
+    f"({_H}:){{7}}{_H}",
+    f"({_H}:){{1,7}}:",
+    f"({_H}:){{1,6}}:{_H}",
+    *(f"({_H}:){{1,{6 - n}}}(:{_H}){{1,{n + 1}}}" for n in range(1, 5)),
+    f"{_H}:(:{_H}){{1,6}}",
+    f":((:{_H}){{1,7}}|:)",
+]) + ")$")
 
 
 def truncate_ip(value: str | None) -> str | None:

@@ -179,3 +179,20 @@ def test_audit_list_and_show_summarize_runs(audited: Sandbox) -> None:
     shown = json.loads(audited.cli("audit", "show", listed[0]["run_id"], "--format", "json").stdout)
     rule = shown["rules"][0]
     assert ("cookies", 5, "ok") == (rule["rule"], rule["changed"], rule["status"])
+
+
+def _crash(run: Path) -> None:
+    """Make a finished run look like one that died before run_finished: no signature, last line gone."""
+    Path(f"{run}.sig").unlink()
+    run.write_bytes(b"".join(run.read_bytes().splitlines(keepends=True)[:-1]))
+
+
+def test_acknowledgement_follows_the_chain_across_several_dead_runs(audited: Sandbox) -> None:
+    """Two runs die in a row; the next signed run seals both, and `audit verify` passes."""
+    _crash(audit_files(audited)[-1])
+    assert 0 == audited.cli("run").exit_code
+    _crash(audit_files(audited)[-1])
+    assert 0 == audited.cli("run").exit_code
+    code, checks = verify(audited)
+    acknowledged = "incomplete (acknowledged by a later run)"
+    assert (0, [acknowledged, acknowledged, "ok"]) == (code, [c["status"] for c in checks[-3:]])

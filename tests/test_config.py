@@ -156,3 +156,19 @@ action = "delete"
     assert "does not exist" in result.stdout
     with sqlite3.connect(database) as db:
         assert [("clients",)] == db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+
+
+@pytest.mark.parametrize("duration", ["3000 years", "100000000 days", "99999999999 weeks", "1000000 months"])
+def test_a_duration_that_cannot_be_computed_is_a_config_error(tmp_path: Path, duration: str) -> None:
+    """A duration no clock can subtract is caught offline, naming the key, never a traceback at plan time."""
+    code, output = check_offline(tmp_path, BASE.replace('"24 months"', f'"{duration}"'))
+    assert 2 == code, output
+    assert "rules[cookies].expire.after" in output and "Traceback" not in output
+
+
+def test_a_client_hold_must_name_its_rules_when_a_rule_cannot_tell_clients(tmp_path: Path) -> None:
+    """A client hold in scope of a rule without clients would keep nothing of it: a config error naming both."""
+    code, output = check_offline(tmp_path, BASE + ANON + '[[holds]]\nname = "h"\nclient_ids = ["c-1"]\n')
+    assert 2 == code and "holds[0].client_ids" in output and "'cookies'" in output
+    code, output = check_offline(tmp_path, BASE + ANON + '[[holds]]\nname = "h"\nclient_ids = [1]\nrules = ["users"]\n')
+    assert 0 == code, output

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conformance import END_USER_RULE, NOW_TEXT, seed_clients
+from tests.conformance import COOKIE_RULE, END_USER_RULE, NOW_TEXT, seed_clients
 from tests.conftest import NOW
 from tests.helpers import Sandbox, make_sandbox
 from tests.stores import PostgresStore
@@ -87,3 +87,15 @@ def test_an_unreadable_holds_table_stops_the_run_unchanged(sandbox: Sandbox, pg_
     assert 1 == result.exit_code
     assert "cannot read legal holds from app:legal_holds" in result.stderr
     assert before == pg_store.fingerprint()
+
+
+def test_a_client_hold_row_fails_a_rule_that_cannot_tell_clients(sandbox: Sandbox, pg_store: PostgresStore) -> None:
+    """A hold row naming a client, in scope of an age-only rule, fails that rule by name; the other rule runs."""
+    sandbox.write(END_USER_RULE + COOKIE_RULE, extra=SOURCE)
+    place(pg_store, "lit-8", client="c-gone")
+    result = sandbox.cli("run", "--now", NOW_TEXT, "--format", "json")
+    assert 1 == result.exit_code, result.stdout + result.stderr
+    rules = {r["name"]: r for r in json.loads(result.stdout)["rules"]}
+    assert ("ok", 2) == (rules["end-users"]["status"], rules["end-users"]["held"])
+    assert "error" == rules["cookies"]["status"]
+    assert "'lit-8'" in rules["cookies"]["error"] and "'cookies'" in rules["cookies"]["error"]

@@ -310,3 +310,27 @@ def test_unicode_and_spaces_in_keys(moto: S3Sandbox) -> None:
     moto.write(RULE.format(bucket=moto.bucket, field="metadata:collected-at"))
     assert 3 == moto.run()["rules"][0]["changed"]
     assert ["uploads/keep me.txt"] == moto.keys()
+
+
+def test_a_dead_run_reaches_the_bucket_once_a_signed_run_seals_it(tmp_path: Path, seaweedfs_url: str) -> None:
+    """A run that died unsigned is copied with the next signed run; the bucket's files verify with exit 0."""
+    audit_bucket = f"audit-{uuid.uuid4().hex[:8]}"
+    box = worm_box(tmp_path, seaweedfs_url, audit_bucket)
+    box.s3.create_bucket(Bucket=audit_bucket, ObjectLockEnabledForBucket=True)
+    box.run()
+    config = box.root / "retention.toml"
+    with_worm = config.read_text()
+    config.write_text(with_worm.split("[audit.s3]")[0] + "[secrets]" + with_worm.split("[secrets]", 1)[1])
+    dead = Path(box.run()["audit_file"])  # a run that never reached the bucket, then "died"
+    Path(f"{dead}.sig").unlink()
+    dead.write_bytes(b"".join(dead.read_bytes().splitlines(keepends=True)[:-1]))
+    config.write_text(with_worm)
+    box.run()
+    copies = tmp_path / "bucket"
+    copies.mkdir()
+    for item in box.s3.list_objects_v2(Bucket=audit_bucket, Prefix="runs/")["Contents"]:
+        (copies / item["Key"].removeprefix("runs/")).write_bytes(
+            box.s3.get_object(Bucket=audit_bucket, Key=item["Key"])["Body"].read())
+    assert (copies / dead.name).read_bytes() == dead.read_bytes()
+    result = box.cli("audit", "verify", str(copies))
+    assert 0 == result.exit_code, result.stdout

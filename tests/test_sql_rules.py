@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance import COOKIE_RULE
+from tests.conformance import COOKIE_RULE, END_USER_RULE, NOW_TEXT, seed_clients
+from tests.conftest import NOW
 from tests.helpers import Sandbox, make_sandbox
-from tests.stores import SqlStore
+from tests.stores import PostgresStore, SqlStore
 
 RULE = COOKIE_RULE.replace("{target}", "table")
 
@@ -94,3 +95,33 @@ max_fraction = 1.0
     sandbox.config.write_text(sandbox.config.read_text().replace('table = "clients"', 'table = "accounts"'))
     assert 1 == run(sandbox)["rules"][0]["changed"]
     assert [1] == [row["id"] for row in store.find("end_users")]
+
+
+def test_database_errors_name_identifiers_never_values(tmp_path: Path, pg_store: PostgresStore) -> None:
+    """A foreign key names its constraint and tables; a trigger quoting a value is reported without the value."""
+    pg_store.standard_schema()
+    seed_clients(pg_store, NOW)
+    pg_store.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, "
+                     "client_id TEXT CONSTRAINT orders_client_fk REFERENCES clients(id))")
+    pg_store.insert("orders", [{"id": 1, "client_id": "c-gone"}])
+    pg_store.execute("UPDATE end_users SET email = '\"jane doe\"@example.com'")
+    pg_store.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'refusing %', OLD.email; END $$")
+    pg_store.execute("CREATE TRIGGER refuse BEFORE UPDATE ON end_users FOR EACH ROW EXECUTE FUNCTION refuse()")
+    box = make_sandbox(tmp_path / "sandbox", pg_store)
+    box.write(END_USER_RULE + """
+[[rules]]
+name = "closed-clients"
+connector = "app"
+table = "clients"
+expire = { after = "1 day", field = "closed_at" }
+action = "delete"
+max_fraction = 1.0
+""")
+    result = box.cli("run", "--now", NOW_TEXT, "--format", "json")
+    assert 1 == result.exit_code
+    errors = {r["name"]: r["error"] for r in json.loads(result.stdout)["rules"]}
+    assert "orders_client_fk" in errors["closed-clients"] and "orders" in errors["closed-clients"]
+    assert "RaiseException" in errors["end-users"]
+    evidence = result.stdout + result.stderr + "".join(p.read_text() for p in box.audit_dir.glob("*.jsonl"))
+    assert "jane" not in evidence and "example.com" not in evidence

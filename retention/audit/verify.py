@@ -56,8 +56,10 @@ def verify(paths: Sequence[Path], keys: Sequence[Ed25519PublicKey]) -> list[RunC
         else:
             check.status = MISSING_PREDECESSOR
             check.detail = "the run before it is missing" if index else "its predecessor is not in the audit dir"
-    for index, check in enumerate(checks[:-1]):
-        following = checks[index + 1]
+    # Newest first, so that acknowledgement follows the chain: a dead run is sealed by the next run's header,
+    # which is itself sealed when that run was signed or is acknowledged in turn, however many runs died
+    for index in range(len(checks) - 2, -1, -1):
+        check, following = checks[index], checks[index + 1]
         if check.status == UNACKNOWLEDGED and following.ok and following.events and \
                 following.events[0].get("previous_incomplete") is True:
             check.status = ACKNOWLEDGED
