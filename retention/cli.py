@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,6 +23,7 @@ from retention.progress import for_terminal
 from retention.redact import error_summary, hide
 from retention.render import as_json, markdown, report, table
 from retention.settings import Environment
+from retention.signals import StopRequest, stop_on_signals
 from retention.timeutil import parse_instant, rfc3339
 
 EXIT_VERIFY_FAILED = 5
@@ -165,24 +163,23 @@ def schedule(state: State, once: bool) -> None:
         with stop_on_signals() as once_stop:
             code = _scheduled_run(state, once_stop)
         sys.exit(code)
-    stop = threading.Event()
-    scheduler = scheduling.build(config.job, lambda: _scheduled_run(state, stop))
+    holder: list[Any] = []
 
-    def shut_down(signum: int, _frame: object) -> None:
-        stop.set()  # a run in progress stops after its batch in flight, then signs its log
-        structlog.get_logger("retention").warning("scheduler_stopping", signal=signal.Signals(signum).name)
-        scheduler.shutdown(wait=False)
+    def shut_down() -> None:  # on its own thread, after a signal: a run in progress stops after its batch
+        structlog.get_logger("retention").warning("scheduler_stopping")
+        holder[0].shutdown(wait=False)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, shut_down)
-    following = scheduling.next_fire(config.job, utc_now())
-    structlog.get_logger("retention").info("scheduler_started", schedule=config.job.schedule,
-                                           timezone=config.job.timezone,
-                                           next_run=following.isoformat() if following else None)
-    scheduler.start()
+    with stop_on_signals(then=shut_down) as stop:
+        scheduler = scheduling.build(config.job, lambda: _scheduled_run(state, stop))
+        holder.append(scheduler)
+        following = scheduling.next_fire(config.job, utc_now())
+        structlog.get_logger("retention").info("scheduler_started", schedule=config.job.schedule,
+                                               timezone=config.job.timezone,
+                                               next_run=following.isoformat() if following else None)
+        scheduler.start()
 
 
-def _scheduled_run(state: State, stop: threading.Event) -> int:
+def _scheduled_run(state: State, stop: StopRequest) -> int:
     """One scheduled run: the config read afresh, the report on stdout; errors become exit codes, not crashes."""
     try:
         config = load_config(config_path(state.config_option))
@@ -193,23 +190,6 @@ def _scheduled_run(state: State, stop: threading.Event) -> int:
         return exc.exit_code
     click.echo(report(result, "json"))
     return result.exit_code
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM and SIGINT ask the run to stop after the batch in flight; the log is still finished and signed."""
-    stop = threading.Event()
-
-    def ask(signum: int, _frame: object) -> None:
-        stop.set()
-        structlog.get_logger("retention").warning("stop_requested", signal=signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @main.group()

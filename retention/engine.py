@@ -572,6 +572,9 @@ def hold_reports(config: Config, env: Environment, now: datetime) -> list[HoldRe
                 if not work.selection.held.active:
                     continue
                 rules.append(rule.name)
+                if work.selection.held.problem:
+                    errors.append(f"{rule.name}: {work.selection.held.problem}")
+                    continue
                 try:
                     connector = connectors[rule.connector]
                     records += connector.count(with_registry(work, connectors).selection).held

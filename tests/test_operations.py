@@ -40,11 +40,14 @@ def test_sigterm_finishes_the_batch_signs_the_log_and_a_rerun_completes(sandbox:
     """SIGTERM mid-run: the batch in flight completes, the log ends `interrupted` and verifies; the next run ends it."""
     process = start_run(sandbox)
     assert process.stderr is not None
-    for line in process.stderr:
-        if '"batch_applied"' in line:
-            process.send_signal(signal.SIGTERM)
-            break
-    stdout, _ = process.communicate(timeout=60)
+    try:
+        for line in process.stderr:
+            if '"batch_applied"' in line:
+                process.send_signal(signal.SIGTERM)
+                break
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()  # never leave a run behind, whatever failed
     assert 1 == process.returncode
     report = json.loads(stdout)
     changed = report["rules"][0]["changed"]
@@ -56,6 +59,27 @@ def test_sigterm_finishes_the_batch_signs_the_log_and_a_rerun_completes(sandbox:
     assert 0 == sandbox.cli("audit", "verify").exit_code
     assert 0 == sandbox.cli("run").exit_code
     assert [3000] == [r["id"] for r in pg_store.find("cookie_events")]
+
+
+def test_signals_while_stderr_is_full_never_hang_the_run(sandbox: Sandbox) -> None:
+    """SIGTERMs that arrive while the run is blocked writing logs to a full pipe still end it, signed, at once."""
+    import time
+
+    process = start_run(sandbox)
+    assert process.stderr is not None
+    try:
+        for line in process.stderr:
+            if '"batch_applied"' in line:
+                break
+        time.sleep(0.5)  # nobody reads stderr: the pipe fills and the run blocks inside the logger's write
+        for _ in range(3):
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert (1, "interrupted") == (process.returncode, json.loads(stdout)["status"])
+    assert 0 == sandbox.cli("audit", "verify").exit_code
 
 
 def test_a_second_host_exits_4_while_the_advisory_lock_is_held(sandbox: Sandbox, pg_store: PostgresStore) -> None:
