@@ -172,7 +172,7 @@ class MongoConnector(ConnectorDefaults):
     def statement(self, selection: Selection, action: Action) -> str:
         filters = self._filters(selection, ClientStates(frozenset({"<expired client ids>"}),
                                                         frozenset({"<known client ids>"})))
-        matched = {"$and": [{selection.key or "_id": {"$in": "<batch keys>"}}, filters["matched"]]}
+        matched = {"$and": [{"_id": {"$in": "<batch _ids>"}}, filters["matched"]]}
         if action.kind == "delete":
             return f"db.{selection.target}.deleteMany({matched!r})"
         return f"db.{selection.target}.updateMany({matched!r}, {self._pipeline(action, {})!r})"
@@ -203,33 +203,42 @@ class MongoConnector(ConnectorDefaults):
 
     def _apply_batch(self, collection: Collection[dict[str, Any]], selection: Selection, action: Action,
                      key: str, size: int, matching: Filter) -> list[Any]:
-        """Pick up to `size` keys `matching`, re-judge their clients now, change those still matching."""
+        """Pick up to `size` documents `matching`, re-judge their clients now, change those still matching.
+
+        Documents are addressed by `_id`, never by the rule's key: a key value read from a document is untrusted
+        (a stored regex inside `$in` is a pattern), while MongoDB allows no regex, array or undefined `_id`.
+        Returns the rule-key values of the documents really changed, to name them in the audit.
+        """
         fields = {t.field: 1 for t in action.transforms if t.kind in CLIENT_SIDE}
         client_field = selection.client.field if selection.client else None
-        projection = {key: 1, **fields, **({client_field: 1} if client_field else {})}
+        projection = {"_id": 1, key: 1, **fields, **({client_field: 1} if client_field else {})}
         candidates = list(collection.find(matching, projection).limit(size))
         if not candidates:
             return []
-        keys = [_get(document, key) for document in candidates]
+        named = {_identity(d["_id"]): _get(d, key) for d in candidates}
+        ids = [d["_id"] for d in candidates]
         clients = None
         if client_field:  # the registry read again, just before the change, for these clients only
             clients = self._client_states(selection, canonical_ids(_get(d, client_field) for d in candidates))
         still_matching = self._filters(selection, clients)["matched"]
-        chosen = _all({key: {"$in": keys}}, still_matching)  # the key first: servers look those up by index
+        chosen = _all({"_id": {"$in": ids}}, still_matching)  # `_id` first: servers look those up by index
         if action.kind == "delete":
             changed = collection.delete_many(chosen).deleted_count
-            return keys if changed == len(keys) else _absent(collection, key, keys)
+            if changed == len(ids):
+                return list(named.values())
+            left = {_identity(d["_id"]) for d in collection.find({"_id": {"$in": ids}}, {"_id": 1})}
+            return [value for identity, value in named.items() if identity not in left]
         if fields:
-            requests = [UpdateOne(_all({key: _get(d, key)}, still_matching),
+            requests = [UpdateOne(_all({"_id": d["_id"]}, still_matching),
                                   self._pipeline(action, self._client_side_values(action, d))) for d in candidates]
             changed = collection.bulk_write(requests, ordered=False).modified_count
         else:
             changed = collection.update_many(chosen, self._pipeline(action, {})).modified_count
-        if changed == len(keys):
-            return keys
+        if changed == len(ids):
+            return list(named.values())
         assert action.marker is not None
-        return [_get(d, key) for d in collection.find({key: {"$in": keys}, action.marker: action.marked_at},
-                                                        {key: 1})]
+        marked = collection.find({"_id": {"$in": ids}, action.marker: action.marked_at}, {"_id": 1})
+        return [named[_identity(d["_id"])] for d in marked]
 
     def _client_side_values(self, action: Action, document: Mapping[str, Any]) -> dict[str, Any]:
         values = {}
@@ -315,10 +324,9 @@ def _get(document: Mapping[str, Any], path: str) -> Any:
     return value
 
 
-def _absent(collection: Collection[dict[str, Any]], key: str, keys: list[Any]) -> list[Any]:
-    """Of `keys`, those no longer in the collection: what a delete_many that skipped some really removed."""
-    remaining = {repr(_get(d, key)) for d in collection.find({key: {"$in": keys}}, {key: 1})}
-    return [k for k in keys if repr(k) not in remaining]
+def _identity(value: Any) -> str:
+    """A hashable stand-in for an `_id` of any BSON type (documents included), to match documents up."""
+    return repr(value)
 
 
 def _summary(error: PyMongoError) -> str:

@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConnectorError, TargetMissing
+from retention.ids import canonical_id
 from retention.model import Action, Batch, Counts, Selection
 from retention.timeutil import parse_instant
 from retention.transforms import KeyedHasher
@@ -179,7 +180,7 @@ class S3Connector(ConnectorDefaults):
         client_id = None
         if selection.client and pattern:
             match = pattern.match(record.key)
-            client_id = match.group("client_id") if match else None
+            client_id = canonical_id(match.group("client_id")) if match else None
             states = selection.client.states
             client_expired = states is not None and client_id in states.expired
             expired = expired or client_expired
@@ -195,8 +196,9 @@ class S3Connector(ConnectorDefaults):
         """An erasure request names keys by their client (and subject) parts; holds and locks still apply."""
         erasure = selection.erasure
         assert erasure is not None
-        client = _key_part(erasure.client_field, "client_id", record.key)
-        subject = _key_part(erasure.subject_field, "subject_id", record.key) if erasure.subject_field else None
+        client = canonical_id(_key_part(erasure.client_field, "client_id", record.key))
+        subject = canonical_id(_key_part(erasure.subject_field, "subject_id", record.key)) \
+            if erasure.subject_field else None
         named = client == erasure.client_id and (not erasure.subject_field or subject == erasure.subject_id)
         if not named:
             return "kept"

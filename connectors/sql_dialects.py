@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import sqltypes
 
 from retention import transforms as reference
-from retention.ids import as_integer, as_uuid
+from retention.ids import as_integer, as_uuid, text_forms
 from retention.model import Transform
 
 
@@ -63,13 +63,18 @@ class SqlDialect:
         An integer column is compared with the integers the texts spell (others cannot match), a text column
         with the texts, so the column's index serves the lookup; any other type is compared as text.
         """
-        target, values = column, sorted(set(ids))
+        target, texts = column, sorted(set(ids))
+        values: list[Any]
         if isinstance(column.type, sqltypes.Integer):
-            values = sorted(n for n in map(as_integer, values) if n is not None)  # type: ignore[misc]
+            bits = 64 if isinstance(column.type, sqltypes.BigInteger) else \
+                16 if isinstance(column.type, sqltypes.SmallInteger) else 32
+            values = sorted(n for text in texts if (n := as_integer(text, bits)) is not None)
         elif isinstance(column.type, sqltypes.Uuid):
-            values = sorted(u for u in map(as_uuid, values) if u is not None)  # type: ignore[misc]
-        elif not isinstance(column.type, sqltypes.String):
-            target = cast(column, sqltypes.Text())
+            values = sorted(u for text in texts if (u := as_uuid(text)) is not None)
+        else:
+            values = [form for text in texts for form in text_forms(text)]
+            if not isinstance(column.type, sqltypes.String):
+                target = cast(column, sqltypes.Text())
         if not values:
             return false()
         return and_(target.is_not(None), self.member_of(target, values))

@@ -367,17 +367,17 @@ def requests_show(state: State, request_id: str, fmt: str) -> None:
                     [[r["rule"], f"{r['connector']}:{r['target']}", r["action"], r.get("would_change"), r.get("held")]
                      for r in rows])]
     lines += [f"  {r['rule']}: {r['error']}" for r in rows if r.get("error")]
-    if request.result:
+    if request.result:  # written by a run, but read back as untrusted input: any shape prints
         result = request.result
+        rules = [r for r in result.get("rules") or [] if isinstance(r, dict)]
         lines += ["", f"After (run {result.get('run_id')}, {result.get('at')}): {result.get('status')}",
                   table(["rule", "target", "action", "changed", "held"],
-                        [[r["rule"], f"{r['connector']}:{r['target']}", r["action"], r["changed"], r["held"]]
-                         for r in result.get("rules", []) if isinstance(r, dict)]),
+                        [[r.get("rule"), f"{r.get('connector')}:{r.get('target')}", r.get("action"), r.get("changed"),
+                          r.get("held")] for r in rules]),
                   f"audit file: {result.get('audit_file')}"]
-        if result.get("waiting_for"):
-            lines.append("waiting for: " + "; ".join(result["waiting_for"]))
-        if result.get("errors"):
-            lines.append("failed: " + "; ".join(result["errors"]))
+        for label, key in (("waiting for", "waiting_for"), ("failed", "errors")):
+            if isinstance(result.get(key), list) and result[key]:
+                lines.append(f"{label}: " + "; ".join(map(str, result[key])))
     click.echo("\n".join(lines))
 
 

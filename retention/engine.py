@@ -599,9 +599,11 @@ def request_preview(config: Config, env: Environment, now: datetime, request_id:
         requests = read_requests(config, connectors, pending_only=False)
         if request_id is not None:
             requests = [r for r in requests if r.id == request_id]
+            where = f"{config.requests.connector}:{config.requests.table}"
             if not requests:
-                raise UsageError(f"no erasure request {request_id!r} in {config.requests.connector}:"
-                                 f"{config.requests.table}")
+                raise UsageError(f"no erasure request {request_id!r} in {where}")
+            if len(requests) > 1:
+                raise UsageError(f"{request_id!r} names {len(requests)} requests in {where}: ids must be unique")
         for request in requests:
             rows = []
             serving = [] if request.problem else serving_rules(config.rules, request)

@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
+_INTEGER = re.compile(r"0|-?[1-9][0-9]*")  # the decimal digits Python prints: no "-0", no "007", no "+7"
 _OBJECT_ID = re.compile(r"[0-9a-f]{24}")
-INT64 = range(-(2**63), 2**63)
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class NotAnId(ValueError):
@@ -36,7 +36,7 @@ def canonical_id(value: Any) -> str | None:
     if isinstance(value, bool):
         raise NotAnId(value)
     if isinstance(value, str):
-        return value
+        return value.lower() if _UUID.fullmatch(value) else value  # a uuid is one id in either case
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float | Decimal):
@@ -63,18 +63,21 @@ def canonical_ids(values: Iterable[Any]) -> frozenset[str]:
     return frozenset(found)
 
 
-def as_integer(text: str) -> int | None:
-    """The integer a canonical text names, if it is one a 64-bit column can hold."""
-    if _INTEGER.fullmatch(text) and int(text) in INT64:
+def as_integer(text: str, bits: int = 64) -> int | None:
+    """The integer a canonical text names, if it is one a column of `bits` bits can hold (else it names none)."""
+    if _INTEGER.fullmatch(text) and -(2 ** (bits - 1)) <= int(text) < 2 ** (bits - 1):
         return int(text)
     return None
 
 
 def as_uuid(text: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        return None
+    """The uuid a canonical text names (hyphenated, lower case), if it is one."""
+    return uuid.UUID(text) if _UUID.fullmatch(text) and text == text.lower() else None
+
+
+def text_forms(text: str) -> list[str]:
+    """How a text field may store this id: as it is, and a uuid also in capitals."""
+    return [text, text.upper()] if _UUID.fullmatch(text) and text != text.upper() else [text]
 
 
 def mongo_values(texts: Iterable[str]) -> list[Any]:
@@ -84,7 +87,7 @@ def mongo_values(texts: Iterable[str]) -> list[Any]:
     """
     values: list[Any] = []
     for text in sorted(set(texts)):
-        values.append(text)
+        values.extend(text_forms(text))
         number = as_integer(text)
         if number is not None:
             values.append(number)

@@ -10,6 +10,7 @@ as untrusted input: ids must be scalar (retention.ids), and a request that canno
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -23,6 +24,8 @@ from retention.model import Action, Erasure, Selection
 from retention.report import ERROR, INTERRUPTED, RuleReport
 
 CHILD_DATA = "child_data"  # always deleted, whatever the rule's action
+END_USER = "end_user_request"
+REASONS = ("client_instruction", END_USER, CHILD_DATA)  # anything else is refused: a reason is not free text here
 DONE, PENDING, FAILED = "done", "pending", "failed"
 
 
@@ -105,6 +108,10 @@ def read_requests(config: Config, connectors: Mapping[str, Connector], *, pendin
     except RetentionError as exc:
         raise ConnectorError(f"cannot read erasure requests from {source.connector}:{source.table} ({exc})") from None
     requests = [_request(source, row) for row in rows]
+    shared = Counter(r.id for r in requests if r.key is not None)
+    requests = [replace(r, problem=f"{shared[r.id]} rows of {source.table} have this {source.id_field}: the outcome "
+                                   "could not be written to one of them alone, so ids must be unique")
+                if shared.get(r.id, 0) > 1 else r for r in requests]
     requests.sort(key=lambda r: str(r.received_at))
     if pending_only:
         requests = [r for r in requests if r.status in source.pending_statuses]
@@ -114,10 +121,12 @@ def read_requests(config: Config, connectors: Mapping[str, Connector], *, pendin
 def _request(source: RequestSource, row: Mapping[str, Any]) -> ErasureRequest:
     raw = row.get(source.result_field)
     try:
-        result = json.loads(raw) if isinstance(raw, str) and raw else (raw if isinstance(raw, dict) else None)
+        result = json.loads(raw) if isinstance(raw, str) and raw else raw
     except json.JSONDecodeError:
         result = None
-    reason = str(row.get(source.reason_field) or "")
+    result = result if isinstance(result, dict) else None  # whatever else the column holds is no outcome of ours
+    reason = row.get(source.reason_field)
+    reason = reason if isinstance(reason, str) else ""
     ids: dict[str, str | None] = {}
     problems = []
     for name, key in (("id", source.id_field), ("client_id", source.client_field),
@@ -131,11 +140,13 @@ def _request(source: RequestSource, row: Mapping[str, Any]) -> ErasureRequest:
         problems.append(f"{source.table}.{source.id_field} is empty: the request cannot be named or marked")
     if ids["client_id"] is None and not problems:
         problems.append(f"{source.table}.{source.client_field} is empty: the request names no client")
-    if reason == CHILD_DATA and ids["subject_id"] is None and not problems:
-        problems.append(f"a {CHILD_DATA} request must name the child in {source.table}.{source.subject_field}; "
-                        "it would otherwise delete every record of the client (use client_instruction for that)")
+    if reason not in REASONS and not problems:  # never echoed: the column may hold free text about a person
+        problems.append(f"{source.table}.{source.reason_field} is not one of {', '.join(REASONS)}")
+    if reason in (CHILD_DATA, END_USER) and ids["subject_id"] is None and not problems:
+        problems.append(f"a {reason} request must name the person in {source.table}.{source.subject_field}; "
+                        "it would otherwise erase every record of the client (client_instruction does that)")
     return ErasureRequest(ids["id"] or "?", row.get(source.id_field) if ids["id"] else None, ids["client_id"],
-                          ids["subject_id"], reason, row.get(source.received_field),
+                          ids["subject_id"], reason if reason in REASONS else "?", row.get(source.received_field),
                           str(row.get(source.status_field) or ""), result, "; ".join(problems) or None)
 
 

@@ -15,7 +15,7 @@ import pytest
 from retention.ids import NotAnId, canonical_id
 from tests.conformance import NOW_TEXT
 from tests.conftest import NOW
-from tests.helpers import make_sandbox
+from tests.helpers import Sandbox, make_sandbox
 from tests.stores import MongoStore, PostgresStore
 
 REGISTRIES = ["pg-bigint", "pg-text", "mongo-int", "mongo-str"]
@@ -24,10 +24,11 @@ CLIENT_IDS = (1041, 1042, 1043)  # ended long ago, ended long ago but held, acti
 
 
 def test_canonical_text_of_ids() -> None:
-    """Integers, their text, uuids and integral decimals compare equal; structures and booleans are no ids."""
-    assert ["1042", "1042", "1042", "c-1", "5f0e0c8e-1a2b-4c3d-8e9f-000000000001", None, None] == [
-        canonical_id(v) for v in (1042, "1042", Decimal("1042"), "c-1",
-                                  uuid.UUID("5f0e0c8e-1a2b-4c3d-8e9f-000000000001"), None, "")]
+    """Integers, their text, uuids in either case and integral decimals compare equal; structures are no ids."""
+    text = "5f0e0c8e-1a2b-4c3d-8e9f-00000000000a"
+    assert ["1042", "1042", "1042", "c-1", text, text, "007", "-0", None, None] == [
+        canonical_id(v) for v in (1042, "1042", Decimal("1042"), "c-1", uuid.UUID(text), text.upper(), "007", "-0",
+                                  None, "")]
     for value in ({"$exists": True}, ["1"], True, 1.5, b"1"):
         with pytest.raises(NotAnId):
             canonical_id(value)
@@ -145,3 +146,89 @@ def test_a_date_registry_column_counts_as_ended() -> None:
     states = judge([{"id": 7, "status": "closed", "closed_at": date(2026, 1, 1)}], registry,
                    datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC))
     assert (frozenset({"7"}), frozenset({"7"})) == (states.expired, states.known)
+
+
+UUID_CLIENT = uuid.UUID("6f1c2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5b")
+
+
+def _uuid_box(tmp_path: Path, pg_store: PostgresStore, mongo_store: MongoStore, extra: str = "") -> Sandbox:
+    """A client as a PostgreSQL uuid and as MongoDB text: one client, two stores."""
+    pg_store.execute("CREATE TABLE clients (id UUID PRIMARY KEY, status TEXT, closed_at TIMESTAMPTZ)")
+    pg_store.execute("CREATE TABLE end_users (id INTEGER PRIMARY KEY, client_id UUID, email TEXT)")
+    pg_store.insert("clients", [{"id": UUID_CLIENT, "status": "closed", "closed_at": NOW - timedelta(days=60)}])
+    pg_store.insert("end_users", [{"id": 1, "client_id": UUID_CLIENT, "email": "ada@example.org"}])
+    mongo_store.database["sessions"].insert_many([{"_id": 1, "client": str(UUID_CLIENT)}])
+    box = make_sandbox(tmp_path / "sandbox", pg_store)
+    box.write("""
+[[rules]]
+name = "end-users"
+connector = "app"
+table = "end_users"
+expire = { client_field = "client_id", grace = "30 days" }
+action = "delete"
+max_fraction = 1.0
+
+[[rules]]
+name = "sessions"
+connector = "events"
+collection = "sessions"
+expire = { client_field = "client", grace = "30 days" }
+action = "delete"
+max_fraction = 1.0
+""" + extra, extra=f'[connectors.events]\ntype = "mongodb"\nurl = "{mongo_store.url}"\n'
+                   f'database = "{mongo_store.database.name}"\n')
+    return box
+
+
+def test_a_uuid_in_upper_case_is_the_same_client_on_every_store(tmp_path: Path, pg_store: PostgresStore,
+                                                                 mongo_store: MongoStore) -> None:
+    """A hold naming a uuid in capitals holds the uuid column and the text field alike."""
+    hold = f'\n[[holds]]\nname = "lit-uuid"\nclient_ids = ["{str(UUID_CLIENT).upper()}"]\n'
+    box = _uuid_box(tmp_path, pg_store, mongo_store, hold)
+    result = box.cli("run", "--now", NOW_TEXT, "--format", "json")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    assert [1, 1] == [r["held"] for r in json.loads(result.stdout)["rules"]]
+    assert (1, 1) == (len(pg_store.find("end_users")), mongo_store.database["sessions"].count_documents({}))
+
+
+@pytest.mark.parametrize("held", ["-0", "007", "3000000000"])
+def test_integer_spellings_name_the_same_clients_on_every_store(held: str, tmp_path: Path, pg_store: PostgresStore,
+                                                                 moto_url: str) -> None:
+    """ "-0" and "007" are not the integers 0 and 7 anywhere; an id too big for the column names nothing there."""
+    pg_store.execute("CREATE TABLE clients (id INTEGER PRIMARY KEY, status TEXT, closed_at TIMESTAMPTZ)")
+    pg_store.execute("CREATE TABLE end_users (id INTEGER PRIMARY KEY, client_id INTEGER)")
+    pg_store.insert("clients", [{"id": c, "status": "closed", "closed_at": NOW - timedelta(days=60)} for c in (0, 7)])
+    pg_store.insert("end_users", [{"id": 1, "client_id": 0}, {"id": 2, "client_id": 7}])
+    s3 = boto3.client("s3", endpoint_url=moto_url)
+    bucket = f"files-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    for client in (0, 7):
+        s3.put_object(Bucket=bucket, Key=f"clients/{client}/photo.jpg", Body=b"jpg")
+    box = make_sandbox(tmp_path / "sandbox", pg_store)
+    box.write(f"""
+[[rules]]
+name = "end-users"
+connector = "app"
+table = "end_users"
+expire = {{ client_field = "client_id", grace = "30 days" }}
+action = "delete"
+max_fraction = 1.0
+
+[[rules]]
+name = "photos"
+connector = "files"
+bucket = "{bucket}"
+client_key = "clients/{{client_id}}/"
+expire = {{ grace = "30 days" }}
+action = "delete"
+max_fraction = 1.0
+
+[[holds]]
+name = "lit"
+client_ids = ["{held}", "7"]
+""", extra=f'[connectors.files]\ntype = "s3"\nendpoint_url = "{moto_url}"\n')
+    result = box.cli("run", "--now", NOW_TEXT, "--format", "json")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    assert [(1, 1), (1, 1)] == [(r["changed"], r["held"]) for r in json.loads(result.stdout)["rules"]]
+    assert [7] == [r["client_id"] for r in pg_store.find("end_users")]
+    assert ["clients/7/photo.jpg"] == [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]

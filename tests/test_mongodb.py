@@ -135,3 +135,36 @@ def test_operator_shaped_field_names_are_refused(sandbox: Sandbox, mongo_store: 
     assert 1 == result.exit_code
     assert "may not start with $" in json.loads(result.stdout)["rules"][0]["error"]
     assert 1 == mongo_store.database["events"].count_documents({})
+
+
+@pytest.mark.parametrize("action", ["delete", "anonymize"])
+def test_a_key_value_read_from_a_document_never_acts_as_a_pattern(action: str, sandbox: Sandbox,
+                                                                  mongo_store: MongoStore) -> None:
+    """A regex stored in the key field changes its own document only: every change is counted and logged."""
+    from bson.regex import Regex
+
+    documents = [{"_id": i, "uid": f"u{i}", "email": f"user{i}@example.org", "at": OLD} for i in range(5)]
+    fresh = [{"_id": 10 + i, "uid": f"u-fresh{i}", "email": "x", "at": NOW} for i in range(2)]
+    mongo_store.database["visits"].insert_many([{"_id": 99, "uid": Regex("^u"), "email": "e", "at": OLD},
+                                                *documents, *fresh])
+    sandbox.write(f"""
+[[rules]]
+name = "visits"
+connector = "app"
+collection = "visits"
+key = "uid"
+expire = {{ after = "30 days", field = "at" }}
+action = "{action}"
+{'marker = "done_at"' + chr(10) + 'transforms = { email = "redact" }' if action == "anonymize" else ""}
+max_fraction = 1.0
+""", clients=False)
+    sandbox.config.write_text(sandbox.config.read_text().replace("batch_size = 2", "batch_size = 1"))
+    result = sandbox.cli("run", "--now", "2026-11-29T03:00:00Z", "--format", "json")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    logged = sum(json.loads(line).get("count", 0) for line in Path(report["audit_file"]).read_text().splitlines()
+                 if json.loads(line)["event"] == "batch_applied")
+    changed = 6 - mongo_store.database["visits"].count_documents(
+        {"done_at": {"$exists": False}} if action == "anonymize" else {"_id": {"$exists": True}}) + 2
+    assert (6, 6, 6) == (report["rules"][0]["changed"], logged, changed)
+    assert 2 == mongo_store.database["visits"].count_documents({"_id": {"$gte": 10}, "email": "x"})

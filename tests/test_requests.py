@@ -271,7 +271,7 @@ def test_a_child_data_request_must_name_the_child(sandbox: Sandbox, pg_store: Po
     """child_data with no subject would erase the whole client: refused, said by `requests show` before any run."""
     request(pg_store, "r-15", "c-active", None, "child_data")
     shown = sandbox.cli("requests", "show", "r-15")
-    assert 0 == shown.exit_code and "must name the child" in shown.stdout
+    assert 0 == shown.exit_code and "must name the person" in shown.stdout
     result = sandbox.cli("run", "--format", "json")
     assert 1 == result.exit_code
     assert "failed" == outcome_of(json.loads(result.stdout), "r-15")["status"]
@@ -304,3 +304,43 @@ def test_a_stop_during_a_request_ends_it_between_batches_and_blames_it(sandbox: 
     failed = [(e["rule"], e.get("request"), e["error_class"]) for e in lines if e["event"] == "rule_failed"]
     assert [("sessions", "r-16", "Interrupted")] == failed
     assert "pending" == pg_store.find("erasure_requests")[0]["status"]
+
+
+def test_duplicate_request_ids_fail_every_row_that_shares_them(sandbox: Sandbox, pg_store: PostgresStore) -> None:
+    """Two rows with one id cannot be told apart when the outcome is written back: both fail, neither is done."""
+    pg_store.execute("ALTER TABLE erasure_requests DROP CONSTRAINT erasure_requests_pkey")
+    request(pg_store, "r-dup", "c-gone", None, "client_instruction")
+    request(pg_store, "r-dup", "c-active", None, "client_instruction")
+    result = sandbox.cli("run", "--format", "json")
+    assert 1 == result.exit_code
+    assert ["failed", "failed"] == [o["status"] for o in json.loads(result.stdout)["requests"]]
+    assert "user0@example.org" in [r["email"] for r in pg_store.find("end_users")]
+    assert ["pending", "pending"] == [r["status"] for r in pg_store.find("erasure_requests")]
+    shown = sandbox.cli("requests", "show", "r-dup")
+    assert 2 == shown.exit_code and "2 requests" in shown.stderr and "unexpected" not in shown.stderr
+
+
+@pytest.mark.parametrize("reason", ["Child_Data", "phoned by Jane Doe <jane.doe@example.org>"])
+def test_an_unknown_reason_is_refused_and_never_logged(reason: str, sandbox: Sandbox, pg_store: PostgresStore) -> None:
+    """Only the three reasons are served; any other text fails the request and stays out of the signed log."""
+    request(pg_store, "r-17", "c-active", "user0@example.org", reason)
+    result = sandbox.cli("run", "--format", "json")
+    assert 1 == result.exit_code
+    outcome = outcome_of(json.loads(result.stdout), "r-17")
+    assert ("failed", []) == (outcome["status"], outcome["rules"])
+    assert "child_data" in outcome["errors"][0]
+    assert "user0@example.org" in [r["email"] for r in pg_store.find("end_users")]
+    evidence = result.stdout + result.stderr + Path(json.loads(result.stdout)["audit_file"]).read_text()
+    assert reason not in evidence and "jane" not in evidence.lower()
+
+
+@pytest.mark.parametrize("stored", ["[1, 2]", '{"status": "pending", "waiting_for": [1], "rules": [{"rule": "x"}]}',
+                                    "not json"])
+def test_a_result_of_any_shape_is_shown_without_a_crash(stored: str, sandbox: Sandbox, pg_store: PostgresStore
+                                                         ) -> None:
+    """`requests list` and `show` read whatever the result column holds as untrusted input."""
+    request(pg_store, "r-18", "c-active", None, "client_instruction")
+    pg_store.execute("UPDATE erasure_requests SET result = :r", {"r": stored})
+    for args in (["requests", "list"], ["requests", "show", "r-18"], ["requests", "list", "--format", "json"]):
+        result = sandbox.cli(*args)
+        assert 0 == result.exit_code, result.stdout + result.stderr
