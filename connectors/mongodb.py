@@ -17,7 +17,7 @@ from retention.errors import ConfigError, ConnectorError, TargetMissing
 from retention.ids import canonical_ids, mongo_values
 from retention.model import Action, Batch, ClientRegistry, ClientStates, Counts, Selection, Transform
 from retention.retry import retrying
-from retention.transforms import KeyedHasher
+from retention.transforms import KeyedHasher, record_text
 
 Filter = dict[str, Any]
 NOTHING: Filter = {"_id": {"$in": []}}  # a filter no document matches
@@ -79,7 +79,7 @@ class MongoConnector(ConnectorDefaults):
             raise ConnectorError(f"update of {table} failed: {_summary(exc)}") from None
 
     def check(self, selection: Selection, action: Action) -> list[str]:
-        fields = [selection.key, selection.marker, selection.age.field if selection.age else None,
+        fields = [*(selection.key or ()), selection.marker, selection.age.field if selection.age else None,
                   selection.client.field if selection.client else None, *(t.field for t in action.transforms),
                   *((selection.erasure.client_field, selection.erasure.subject_field) if selection.erasure else ())]
         hostile = [f for f in fields if f and (f.startswith("$") or ".$" in f or "\0" in f)]
@@ -155,14 +155,14 @@ class MongoConnector(ConnectorDefaults):
             raise ConnectorError(f"count failed: {_summary(exc)}") from None
 
     def held_ids(self, selection: Selection, batch_size: int, id_key: bytes) -> Iterator[tuple[str, ...]]:
-        key = selection.key or "_id"
+        key = selection.key or ("_id",)
         collection = self._collection(selection.target)
         held = self._filters(selection, self._client_states(selection))["held"]
         hasher = KeyedHasher(id_key)
-        cursor = collection.find(held, {key: 1}, batch_size=batch_size).sort(key, 1)
+        cursor = collection.find(held, dict.fromkeys(key, 1), batch_size=batch_size).sort([(f, 1) for f in key])
         chunk: list[str] = []
         for document in cursor:
-            chunk.append(hasher(_get(document, key)))
+            chunk.append(hasher(record_text([_get(document, f) for f in key])))
             if len(chunk) == batch_size:
                 yield tuple(chunk)
                 chunk = []
@@ -179,7 +179,7 @@ class MongoConnector(ConnectorDefaults):
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
               id_key: bytes | None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
-        key = selection.key or "_id"
+        key = selection.key or ("_id",)
         collection = self._collection(selection.target)
         hasher = KeyedHasher(id_key) if id_key else None
         remaining = limit
@@ -202,20 +202,20 @@ class MongoConnector(ConnectorDefaults):
             yield Batch(len(batch), tuple(map(hasher, batch)) if hasher else ())
 
     def _apply_batch(self, collection: Collection[dict[str, Any]], selection: Selection, action: Action,
-                     key: str, size: int, matching: Filter) -> list[Any]:
+                     key: tuple[str, ...], size: int, matching: Filter) -> list[str]:
         """Pick up to `size` documents `matching`, re-judge their clients now, change those still matching.
 
         Documents are addressed by `_id`, never by the rule's key: a key value read from a document is untrusted
         (a stored regex inside `$in` is a pattern), while MongoDB allows no regex, array or undefined `_id`.
-        Returns the rule-key values of the documents really changed, to name them in the audit.
+        Returns the key texts (transforms.record_text) of the documents really changed, to name them in the audit.
         """
         fields = {t.field: 1 for t in action.transforms if t.kind in CLIENT_SIDE}
         client_field = selection.client.field if selection.client else None
-        projection = {"_id": 1, key: 1, **fields, **({client_field: 1} if client_field else {})}
+        projection = {"_id": 1, **dict.fromkeys(key, 1), **fields, **({client_field: 1} if client_field else {})}
         candidates = list(collection.find(matching, projection).limit(size))
         if not candidates:
             return []
-        named = {_identity(d["_id"]): _get(d, key) for d in candidates}
+        named = {_identity(d["_id"]): record_text([_get(d, f) for f in key]) for d in candidates}
         ids = [d["_id"] for d in candidates]
         clients = None
         if client_field:  # the registry read again, just before the change, for these clients only

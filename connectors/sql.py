@@ -34,7 +34,7 @@ from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, LockHeld, TargetMissing
 from retention.model import Action, Batch, ClientRegistry, Counts, Selection
 from retention.retry import retrying
-from retention.transforms import KeyedHasher
+from retention.transforms import KeyedHasher, record_text
 
 
 class SqlConnector(ConnectorDefaults):
@@ -91,14 +91,15 @@ class SqlConnector(ConnectorDefaults):
             raise TargetMissing(f"{role} column {field!r} does not exist in table {table.fullname}")
         return table.c[field]
 
-    def _key(self, table: Table, selection: Selection) -> Column[Any]:
+    def _key(self, table: Table, selection: Selection) -> list[Column[Any]]:
+        """The columns that name a record: the rule's `key`, else the whole primary key (composite ones too)."""
         if selection.key:
-            return self._column(table, selection.key, "key")
+            return [self._column(table, field, "key") for field in selection.key]
         primary = list(table.primary_key.columns)
-        if len(primary) != 1:
-            raise TargetMissing(f"table {table.fullname} has no single-column primary key: set the rule's `key` "
-                                "to a unique column")
-        return table.c[primary[0].name]
+        if not primary:
+            raise TargetMissing(f"table {table.fullname} has no primary key: set the rule's `key` to the column(s) "
+                                "that name a record")
+        return [table.c[column.name] for column in primary]
 
     def check(self, selection: Selection, action: Action) -> list[str]:
         problems: list[str] = []
@@ -263,21 +264,33 @@ class SqlConnector(ConnectorDefaults):
 
     def held_ids(self, selection: Selection, batch_size: int, id_key: bytes) -> Iterator[tuple[str, ...]]:
         table = self.table(selection.target)
-        key = self._key(table, selection)
-        statement = select(key).where(self._predicates(table, selection)["held"]).order_by(key)
+        keys = self._key(table, selection)
+        statement = select(*keys).where(self._predicates(table, selection)["held"]).order_by(*keys)
+        hasher = KeyedHasher(id_key)
         with self.engine.connect() as connection:
             result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(statement)
-            for chunk in result.scalars().partitions(batch_size):
-                yield tuple(map(KeyedHasher(id_key), chunk))
+            for chunk in result.partitions(batch_size):
+                yield tuple(hasher(record_text(row)) for row in chunk)
 
-    def build(self, selection: Selection, action: Action, size: int, id_key: bytes | None = None) -> Delete | Update:
-        """One batch: the keys of up to `size` matching records, changed only if they still match."""
+    def build(self, selection: Selection, action: Action, size: int, id_key: bytes | None = None, *,
+              excluded: Sequence[Any] = (), rows: Sequence[Any] | None = None) -> Delete | Update:
+        """One batch: up to `size` matching records (or exactly `rows`, by locator), changed only if they still match.
+
+        `excluded` names (by locator) records the store refused earlier in this run, so they are not picked again.
+        """
         table = self.table(selection.target)
-        key = self._key(table, selection)
-        candidates = table.alias("candidates")
+        keys = self._key(table, selection)
         still_matching = self._predicates(table, selection, locking=True)["matched"]
-        chosen_rows = self.dialect.chosen_rows(key, candidates.c[key.name],
-                                               self._predicates(candidates, selection, locking=True)["matched"], size)
+        if rows is not None:
+            chosen = self.dialect.located(self.dialect.locator(table, keys), rows)
+        else:
+            candidates = table.alias("candidates")
+            candidate_keys = [candidates.c[key.name] for key in keys]
+            matching = self._predicates(candidates, selection, locking=True)["matched"]
+            if excluded:
+                matching = and_(matching, not_(self.dialect.located(
+                    self.dialect.locator(candidates, candidate_keys), excluded)))
+            chosen = self.dialect.chosen_rows(keys, candidate_keys, matching, size)
         statement: Delete | Update
         if action.kind == "delete":
             statement = delete(table)
@@ -287,9 +300,20 @@ class SqlConnector(ConnectorDefaults):
             assert action.marker is not None
             values[action.marker] = literal(action.marked_at, table.c[action.marker].type)
             statement = update(table).values(values)
-        statement = statement.where(chosen_rows, still_matching)
+        statement = statement.where(chosen, still_matching)
         # keys come back only to be named by keyed hash in the audit (hashing here beats SQL's sha256 3x)
-        return statement.returning(key) if id_key else statement
+        return statement.returning(*keys) if id_key else statement
+
+    def _candidate_rows(self, selection: Selection, size: int, excluded: Sequence[Any]) -> list[Any]:
+        """The locators of the records a batch of `size` would pick now: what a refused batch held."""
+        table = self.table(selection.target)
+        keys = self._key(table, selection)
+        locator = self.dialect.locator(table, keys)
+        matching = self._predicates(table, selection)["matched"]
+        if excluded:
+            matching = and_(matching, not_(self.dialect.located(locator, excluded)))
+        rows = self._all(select(*locator).select_from(table).where(matching).limit(size))
+        return [row[0] if len(locator) == 1 else tuple(row) for row in rows]
 
     def statement(self, selection: Selection, action: Action) -> str:
         compiled = self.build(selection, action, 1).compile(self.engine)
@@ -297,25 +321,83 @@ class SqlConnector(ConnectorDefaults):
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
               id_key: bytes | None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
+        """Batches of the whole predicate; a batch the store refuses is split until the refused records stand alone.
+
+        A refused record (a foreign key from a newer row, a trigger, a check) is counted as blocked and left out of
+        later batches, so one such record never stalls the rest of the rule. Isolation costs about
+        2 x log2(batch size) small statements per refused record, within ISOLATION_BUDGET per rule and run.
+        """
         remaining = limit
         hasher = KeyedHasher(id_key) if id_key else None
+        excluded: list[Any] = []
+        spent = [0]
         while remaining > 0 and not should_stop():
-            statement = self.build(selection, action, min(batch_size, remaining), id_key)
-
-            def batch(statement: Any = statement) -> tuple[tuple[str, ...], int]:
-                with self.engine.begin() as connection:
-                    result = connection.execute(statement)
-                    ids = tuple(map(hasher, result.scalars().all())) if hasher else ()
-                    return ids, len(ids) if hasher else result.rowcount
-
+            size = min(batch_size, remaining)
             try:
-                ids, count = retrying(batch, _transient, what=f"batch on {selection.target}")
-            except sa_exc.DBAPIError as exc:
-                raise ConnectorError(f"batch failed and was rolled back: {_db_error(exc.orig)}") from None
-            if not count:
+                batch = self._batch(self.build(selection, action, size, id_key, excluded=excluded), hasher,
+                                    selection.target)
+            except _Refused:
+                rows = self._candidate_rows(selection, size, excluded)
+                if not rows:
+                    return
+                for batch in self._isolate(selection, action, rows, id_key, hasher, excluded, spent):
+                    remaining -= batch.count
+                    yield batch
+                continue
+            if not batch.count:
                 return
-            remaining -= count
-            yield Batch(count, ids)
+            remaining -= batch.count
+            yield batch
+
+    def _isolate(self, selection: Selection, action: Action, rows: list[Any], id_key: bytes | None,
+                 hasher: KeyedHasher | None, excluded: list[Any], spent: list[int]) -> Iterator[Batch]:
+        """Bisect a refused batch: halves that pass are committed, single records that fail are blocked."""
+        parts = [rows[len(rows) // 2:], rows[:len(rows) // 2]]
+        while parts:
+            part = parts.pop()
+            if not part:
+                continue
+            if spent[0] >= ISOLATION_BUDGET:  # left for another night: still refused somewhere in there
+                excluded.extend(part)
+                yield Batch(0, unsettled=len(part))
+                continue
+            spent[0] += 1
+            try:
+                yield self._batch(self.build(selection, action, len(part), id_key, rows=part), hasher,
+                                  selection.target)
+            except _Refused as refused:
+                if len(part) == 1:
+                    excluded.extend(part)
+                    yield Batch(0, blocked=1, refusal=refused.reason)
+                else:
+                    parts += [part[len(part) // 2:], part[:len(part) // 2]]
+
+    def _batch(self, statement: Any, hasher: KeyedHasher | None, target: str) -> Batch:
+        """Run one batch in its own transaction, retrying lost connections; a refusal by the data is `_Refused`."""
+        def run() -> Batch:
+            with self.engine.begin() as connection:
+                result = connection.execute(statement)
+                if hasher is None:
+                    return Batch(result.rowcount)
+                ids = tuple(hasher(record_text(row)) for row in result)
+                return Batch(len(ids), ids)
+
+        try:
+            return retrying(run, _transient, what=f"batch on {target}")
+        except (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.InternalError) as exc:
+            raise _Refused(_db_error(exc.orig)) from None
+        except sa_exc.DBAPIError as exc:
+            raise ConnectorError(f"batch failed and was rolled back: {_db_error(exc.orig)}") from None
+
+    def _all(self, statement: Any) -> list[Any]:
+        def query() -> list[Any]:
+            with self.engine.connect() as connection:
+                return list(connection.execute(statement).all())
+
+        try:
+            return retrying(query, _transient, what="query")
+        except sa_exc.DBAPIError as exc:
+            raise ConnectorError(f"query failed: {_db_error(exc.orig)}") from None
 
     def _one(self, statement: Any) -> Any:
         def query() -> Any:
@@ -326,6 +408,17 @@ class SqlConnector(ConnectorDefaults):
             return retrying(query, _transient, what="count")
         except sa_exc.DBAPIError as exc:
             raise ConnectorError(f"query failed: {_db_error(exc.orig)}") from None
+
+
+ISOLATION_BUDGET = 500  # statements per rule and run spent isolating refused records; the rest waits a night
+
+
+class _Refused(Exception):
+    """The store refused a batch because of some record in it (integrity, data, or a trigger's exception)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class PostgresConnector(SqlConnector):

@@ -21,9 +21,11 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    tuple_,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import sqltypes
+from sqlalchemy.types import UserDefinedType
 
 from retention import transforms as reference
 from retention.ids import as_integer, as_uuid, text_forms
@@ -47,11 +49,19 @@ class SqlDialect:
     def engine_options(self) -> dict[str, Any]:
         return {}
 
-    def chosen_rows(self, key: Any, candidate_key: Any, matching: ColumnElement[bool], size: int
-                    ) -> ColumnElement[bool]:
+    def chosen_rows(self, keys: Sequence[Any], candidate_keys: Sequence[Any], matching: ColumnElement[bool],
+                    size: int) -> ColumnElement[bool]:
         """The outer statement's rows: those whose key is among the first `size` matching candidates."""
-        return key.in_(  # type: ignore[no-any-return]
-            select(candidate_key).select_from(candidate_key.table).where(matching).limit(size))
+        picked = select(*candidate_keys).select_from(candidate_keys[0].table).where(matching).limit(size)
+        return _together(keys).in_(picked)  # type: ignore[no-any-return]
+
+    def locator(self, table: Any, keys: Sequence[Any]) -> list[Any]:
+        """What names one row of `table` for the length of a run: its key columns here."""
+        return list(keys)
+
+    def located(self, locator: Sequence[Any], rows: Sequence[Any]) -> ColumnElement[bool]:
+        """The rows whose locator is one of `rows` (values, or tuples for a composite key)."""
+        return _together(locator).in_(list(rows))  # type: ignore[no-any-return]
 
     def member_of(self, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
         """`column` is one of `values`, however many: one bound array (PostgreSQL) or JSON (SQLite), not N binds."""
@@ -150,15 +160,24 @@ class PostgresDialect(SqlDialect):
         array = bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
         return column == func.any(array)  # type: ignore[no-any-return]
 
-    def chosen_rows(self, key: Any, candidate_key: Any, matching: ColumnElement[bool], size: int
-                    ) -> ColumnElement[bool]:
+    def chosen_rows(self, keys: Sequence[Any], candidate_keys: Sequence[Any], matching: ColumnElement[bool],
+                    size: int) -> ColumnElement[bool]:
         # By physical row id: a TID scan per batch, where `key IN (...)` would scan the whole table each time.
         # A row updated meanwhile is followed to its new version and the outer predicate is checked again.
         row_id: ColumnElement[Any] = literal_column("ctid")
         # FROM named explicitly: otherwise a predicate made only of EXISTS clauses would pull the candidates
         # table into those subqueries and leave `ctid` to mean the outer row
-        candidates = select(row_id).select_from(candidate_key.table).where(matching).limit(size)
+        candidates = select(row_id).select_from(candidate_keys[0].table).where(matching).limit(size)
         return row_id == func.any(func.array(candidates.scalar_subquery()))
+
+    def locator(self, table: Any, keys: Sequence[Any]) -> list[Any]:
+        # the physical row id, whatever the key: rows of a refused batch are bisected by it (a TID scan)
+        return [literal_column("ctid")]
+
+    def located(self, locator: Sequence[Any], rows: Sequence[Any]) -> ColumnElement[bool]:
+        tids = cast(bindparam(None, [str(row) for row in rows], type_=postgresql.ARRAY(postgresql.TEXT)),
+                    postgresql.ARRAY(_Tid()))
+        return locator[0] == func.any(tids)  # type: ignore[no-any-return]
 
     def engine_options(self) -> dict[str, Any]:
         # date_trunc and naive timestamps are read in the session time zone: pin it to UTC.
@@ -241,6 +260,20 @@ def _sqlite_generalize_date(value: str | None, unit: str) -> str | None:
     general = reference.generalize_date(parsed, unit)
     assert general is not None
     return general.isoformat(sep=" ") if isinstance(general, datetime) else general.isoformat()
+
+
+def _together(columns: Sequence[Any]) -> Any:
+    """One column as itself, several as a row value `(a, b)` (PostgreSQL, SQLite 3.15+)."""
+    return columns[0] if len(columns) == 1 else tuple_(*columns)
+
+
+class _Tid(UserDefinedType):  # type: ignore[type-arg]
+    """PostgreSQL's physical row id type, for binding a list of row ids."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_: Any) -> str:
+        return "tid"
 
 
 def dialect_for(name: str) -> SqlDialect:

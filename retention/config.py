@@ -118,7 +118,7 @@ class Rule:
     policy: str
     connector: str
     target: str
-    key: str | None
+    key: tuple[str, ...] | None  # one or more fields; None: the primary key (SQL) or `_id` (MongoDB)
     expire: Expire
     action: str
     marker: str | None
@@ -435,8 +435,8 @@ def _rule(section: Section, connectors: dict[str, ConnectorConfig], types: dict[
                             "so it is never processed twice) and `transforms`")
     if any(t.kind == "hmac" for t in transforms) and pseudonym_key is None:
         raise section.error("transforms", "the hmac transform needs secrets.pseudonym_key")
-    key = section.get("key", str, None)
-    protected = {f for f in (key, marker, expire.field, expire.client_field) if f}
+    key = _key(section)
+    protected = {f for f in (*(key or ()), marker, expire.field, expire.client_field) if f}
     for transform in transforms:
         if transform.field in protected:
             raise section.error(f"transforms.{transform.field}", "cannot transform the key, the marker or a "
@@ -465,6 +465,19 @@ def _rule(section: Section, connectors: dict[str, ConnectorConfig], types: dict[
     )
     section.done()
     return rule
+
+
+def _key(rule: Section) -> tuple[str, ...] | None:
+    """`key = "id"` or `key = ["tenant_id", "id"]`: the fields that name a record, in order."""
+    raw = rule.raw("key")
+    if is_missing(raw):
+        return None
+    fields = (raw,) if isinstance(raw, str) else tuple(raw) if isinstance(raw, list) else None
+    if not fields or not all(isinstance(f, str) and f for f in fields) or len(set(fields)) != len(fields):
+        raise rule.error("key", 'expected a field name or a list of distinct field names, e.g. "id" or '
+                                '["created_month", "id"]')
+    rule.get("key", str if isinstance(raw, str) else list)  # mark it read
+    return fields
 
 
 def _expire(rule: Section, clients: ClientRegistry | None, kind: ConnectorType, client_key: str | None) -> Expire:

@@ -444,10 +444,18 @@ class Executor:
                         max_records=rule.max_records)
             log.warning("rule_skipped", reason=report.error)
             return
+        refusals: dict[str, int] = {}
+        unsettled = 0
         if not self.dry_run:
             self.progress.start(rule.name, counts.matched)
             for batch in connector.apply(work.selection, work.action, batch_size=self.config.batch_size(rule),
                                          limit=counts.matched, id_key=self.id_key, should_stop=self.should_stop):
+                if batch.blocked or batch.unsettled:
+                    report.blocked += batch.blocked
+                    unsettled += batch.unsettled
+                    if batch.refusal:
+                        refusals[batch.refusal] = refusals.get(batch.refusal, 0) + batch.blocked
+                    continue
                 self.progress.advance(batch.count)
                 fields = {}
                 if self.id_key:
@@ -459,13 +467,15 @@ class Executor:
             self.progress.finish()
             if self.should_stop():
                 raise Interrupted  # every batch the store finished is in the log; no new one was started
+        if refusals or unsettled:
+            raise RecordsRefused(_refused_message(rule.target, report.blocked, refusals, unsettled))
         if work.request is not None:  # a request is done only when a fresh count finds nothing of it left
             report.remaining = counts.matched if self.dry_run else connector.count(work.selection).matched
             request["remaining"] = report.remaining
         held_fields = self._record_held(connector, work, counts) if self.id_key else {}
         report.duration_ms = int((time.monotonic() - started) * 1000)
         audit.event("rule_finished", rule=rule.name, total=report.total, matched=report.matched,
-                    changed=report.changed, held=report.held, unknown_age=report.unknown_age,
+                    changed=report.changed, held=report.held, blocked=report.blocked, unknown_age=report.unknown_age,
                     duration_ms=report.duration_ms, **request, **held_fields)
         log.info("rule_finished", matched=report.matched, changed=report.changed, held=report.held,
                  unknown_age=report.unknown_age, duration_ms=report.duration_ms)
@@ -474,7 +484,7 @@ class Executor:
         report.duration_ms = int((time.monotonic() - started) * 1000)
         request = {"request": work.request} if work.request else {}
         self.audit.event("rule_failed", rule=report.name, error_class=error_class, message=message,
-                         changed=report.changed, **request)
+                         changed=report.changed, blocked=report.blocked, **request)
         log.error("rule_failed", error_class=error_class, error=message, changed=report.changed)
 
     def _record_held(self, connector: Connector, work: RuleWork, counts: Counts) -> dict[str, object]:
@@ -484,6 +494,20 @@ class Executor:
             if counts.held else iter(())
         lines, digest = self.audit.record_ids("held", work.rule.name, (value for chunk in chunks for value in chunk))
         return {"held_ids": lines, "held_ids_digest": digest}
+
+
+def _refused_message(target: str, blocked: int, refusals: dict[str, int], unsettled: int) -> str:
+    """Why a rule ended in error although its other records were changed: what the store refused."""
+    causes = "; ".join(f"{count} x {reason}" for reason, count in sorted(refusals.items()))
+    message = f"the store refused to change {blocked} records of {target} ({causes})" if blocked else ""
+    if unsettled:
+        message += ("; " if message else "") + (f"{unsettled} records of {target} in refused batches were left for "
+                                                "the next run (isolation budget spent)")
+    return message + "; every other record was changed"
+
+
+class RecordsRefused(RetentionError):
+    """The store refused to change some records of the rule (isolated and counted as blocked)."""
 
 
 class _RuleProblem(RetentionError):

@@ -19,11 +19,12 @@ def write_metrics(path: Path, report: Report, state_dir: Path, finished: datetim
                 for name, help_text in (("matched", "Records the rule matched in the last run"),
                                         ("changed", "Records the rule changed in the last run"),
                                         ("held", "Expired records kept by legal holds or Object Lock"),
+                                        ("blocked", "Expired records the store refused to change"),
                                         ("unknown_age", "Records whose age or client could not be established"),
                                         ("duration_seconds", "How long the rule took"),
                                         ("failed", "1 if the rule failed, was interrupted or was skipped"))}
     for rule in report.rules:
-        for name in ("matched", "changed", "held", "unknown_age"):
+        for name in ("matched", "changed", "held", "blocked", "unknown_age"):
             per_rule[name].labels(rule.name).set(getattr(rule, name))
         per_rule["duration_seconds"].labels(rule.name).set(rule.duration_ms / 1000)
         per_rule["failed"].labels(rule.name).set(0 if rule.status == "ok" else 1)

@@ -92,7 +92,7 @@ class Selection:
     """The records one rule is about, evaluated by the store itself."""
 
     target: str
-    key: str | None
+    key: tuple[str, ...] | None  # the fields that name a record; None: the store's own (primary key, `_id`)
     age: AgeCondition | None
     client: ClientCondition | None
     held: HeldScope = field(default_factory=HeldScope)
@@ -129,6 +129,9 @@ class Batch:
 
     count: int
     ids: tuple[str, ...] = ()
+    blocked: int = 0  # records the store refused to change, isolated (a foreign key, a trigger, a check)
+    refusal: str | None = None  # what refused them, naming constraints and tables, never values
+    unsettled: int = 0  # records of refused batches left untried this run (the isolation budget was spent)
 
 
 __all__ = ["Action", "AgeCondition", "Batch", "ClientCondition", "ClientRegistry", "ClientStates", "Counts", "Duration",

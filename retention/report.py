@@ -25,6 +25,7 @@ class RuleReport:
     held: int = 0
     unknown_age: int = 0
     changed: int = 0
+    blocked: int = 0  # records the store refused to change (isolated; the rule then ends in error)
     status: str = OK
     error: str | None = None
     statement: str | None = None
@@ -42,6 +43,7 @@ class RuleReport:
         }
         if with_changed:
             data["changed"] = self.changed
+            data["blocked"] = self.blocked
         else:
             data["statement"] = self.statement  # what each batch would run, for review
         return data

@@ -52,5 +52,6 @@ def stop_on_signals(then: Callable[[], None] | None = None) -> Iterator[StopRequ
     try:
         yield stop
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if stop.signal is None:  # once asked to stop, further signals until exit only repeat the request
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

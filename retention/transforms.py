@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import re
+from collections.abc import Sequence
 from datetime import date, datetime
 
 HMAC_BLOCK = 64  # SHA-256 block size, for the server-side HMAC construction
@@ -70,6 +72,14 @@ def pseudonym(key: bytes, value: object) -> str | None:
     if value is None:
         return None
     return hmac.new(key, str(value).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def record_text(values: Sequence[object]) -> str:
+    """The text a record is named by (then hashed) in the audit: its key's value, or for a composite key the
+    canonical JSON array of its fields' text forms, in key order (`audit find` computes the same)."""
+    if len(values) == 1:
+        return str(values[0])
+    return json.dumps([str(value) for value in values], separators=(",", ":"), ensure_ascii=False)
 
 
 class KeyedHasher:

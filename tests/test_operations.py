@@ -78,7 +78,9 @@ def test_signals_while_stderr_is_full_never_hang_the_run(sandbox: Sandbox) -> No
         stdout, _ = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert (1, "interrupted") == (process.returncode, json.loads(stdout)["status"])
+    assert "interrupted" == json.loads(stdout)["status"]
+    # 1, or killed by a repeated signal that arrived while the interpreter was already exiting (its handlers gone)
+    assert process.returncode in (1, -signal.SIGTERM)
     assert 0 == sandbox.cli("audit", "verify").exit_code
 
 
