@@ -272,20 +272,21 @@ class S3Connector(ConnectorDefaults):
 
             for page in self._judged(selection):
                 if submitted >= limit or should_stop():
-                    chunk = [] if should_stop() else chunk
                     break  # all that the count found is on its way (or a stop was asked for): list no more
                 for record, kind in page:
                     if kind != "matched" or submitted >= limit:
                         continue
                     chunk.append(record)
                     submitted += 1
-                    if len(chunk) == size and not should_stop():
+                    if len(chunk) == size:
+                        if should_stop():
+                            break
                         if len(in_flight) >= IN_FLIGHT:
                             yield from finished(block=True)
                         in_flight.add(deleters.submit(self._delete, bucket, chunk))
                         chunk = []
                 yield from finished(block=False)
-            if chunk:
+            if chunk and not should_stop():  # after a stop, a chunk not yet sent stays unsent
                 in_flight.add(deleters.submit(self._delete, bucket, chunk))
             while in_flight:
                 yield from finished(block=True)

@@ -449,12 +449,25 @@ def _transient(error: BaseException) -> bool:
 _NAMES_ONLY = ("08", "23", "40", "42", "53", "55", "57")
 
 
+def _raised_by_user_code(diag: Any) -> bool:
+    """Whether PostgreSQL raised this error on behalf of a procedural language (RAISE in PL/pgSQL, plpy.error…).
+
+    Only the server's own errors have trustworthy fields: user code sets SQLSTATE, message, column, constraint and
+    table to anything, values included. The server says where it raised the error: pl_exec.c, plpy_*.c, plperl.c.
+    """
+    source = diag.source_file or ""
+    return source.startswith("pl") or not source  # no source at all: nothing vouches for the fields
+
+
 def _db_error(error: BaseException | None) -> str:
     """A driver error in words that name identifiers and never a value: PostgreSQL's structured diagnostics."""
     if error is None:
         return "unknown error"
     name = type(error).__name__
     diag = getattr(error, "diag", None)
+    if diag is not None and diag.sqlstate and _raised_by_user_code(diag):
+        # a trigger or function chose this error: its SQLSTATE, message and fields are free text
+        return f"{name} (SQLSTATE {diag.sqlstate}) raised by a trigger or function"
     if diag is not None and diag.sqlstate:
         table = ".".join(part for part in (diag.schema_name, diag.table_name) if part)
         named = [f"{what} {value}" for what, value in (("table", table), ("column", diag.column_name),

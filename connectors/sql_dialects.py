@@ -6,6 +6,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -79,6 +80,8 @@ class SqlDialect:
             bits = 64 if isinstance(column.type, sqltypes.BigInteger) else \
                 16 if isinstance(column.type, sqltypes.SmallInteger) else 32
             values = sorted(n for text in texts if (n := as_integer(text, bits)) is not None)
+        elif isinstance(column.type, sqltypes.Numeric):  # 1042.00 is the integral number 1042: compared as a number
+            values = sorted(Decimal(n) for text in texts if (n := as_integer(text)) is not None)
         elif isinstance(column.type, sqltypes.Uuid):
             values = sorted(u for text in texts if (u := as_uuid(text)) is not None)
         else:
@@ -91,7 +94,7 @@ class SqlDialect:
 
     def same_id(self, left: Any, right: Any) -> ColumnElement[bool]:
         """Two columns name the same id: compared directly when their types agree, else as canonical text."""
-        kinds = (sqltypes.Integer, sqltypes.String, sqltypes.Uuid)
+        kinds = (sqltypes.Numeric | sqltypes.Integer, sqltypes.String, sqltypes.Uuid)
         if any(isinstance(left.type, kind) and isinstance(right.type, kind) for kind in kinds):
             return left == right  # type: ignore[no-any-return]
         return cast(left, sqltypes.Text()) == cast(right, sqltypes.Text())
@@ -157,7 +160,10 @@ class PostgresDialect(SqlDialect):
         return func.encode(digest, "hex")
 
     def member_of(self, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
-        array = bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
+        # never bind text as the column's `varchar(n)`: casting to it truncates silently, so "c-active-2" would
+        # become "c-active" and name another client
+        element = postgresql.TEXT() if isinstance(column.type, sqltypes.String) else column.type
+        array = bindparam(None, list(values), type_=postgresql.ARRAY(element))
         return column == func.any(array)  # type: ignore[no-any-return]
 
     def chosen_rows(self, keys: Sequence[Any], candidate_keys: Sequence[Any], matching: ColumnElement[bool],

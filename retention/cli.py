@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -167,7 +168,11 @@ def schedule(state: State, once: bool) -> None:
 
     def shut_down() -> None:  # on its own thread, after a signal: a run in progress stops after its batch
         structlog.get_logger("retention").warning("scheduler_stopping")
-        holder[0].shutdown(wait=False)
+        for _ in range(100):  # a signal just before start(): wait for the scheduler to be running to stop it
+            if holder and holder[0].running:
+                holder[0].shutdown(wait=False)
+                return
+            time.sleep(0.05)
 
     with stop_on_signals(then=shut_down) as stop:
         scheduler = scheduling.build(config.job, lambda: _scheduled_run(state, stop))
@@ -176,7 +181,8 @@ def schedule(state: State, once: bool) -> None:
         structlog.get_logger("retention").info("scheduler_started", schedule=config.job.schedule,
                                                timezone=config.job.timezone,
                                                next_run=following.isoformat() if following else None)
-        scheduler.start()
+        if not stop.is_set():
+            scheduler.start()
 
 
 def _scheduled_run(state: State, stop: StopRequest) -> int:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
+UUID_SUBTYPE = 4  # BSON binary subtype of a standard UUID
 _INTEGER = re.compile(r"0|-?[1-9][0-9]*")  # the decimal digits Python prints: no "-0", no "007", no "+7"
 _OBJECT_ID = re.compile(r"[0-9a-f]{24}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -47,6 +48,8 @@ def canonical_id(value: Any) -> str | None:
         return str(value)
     if type(value).__module__ == "bson.objectid":
         return str(value)
+    if type(value).__module__ == "bson.binary" and getattr(value, "subtype", None) == UUID_SUBTYPE:
+        return str(uuid.UUID(bytes=bytes(value)))  # a BSON UUID, as drivers store uuid.UUID
     raise NotAnId(value)
 
 
@@ -81,7 +84,8 @@ def text_forms(text: str) -> list[str]:
 
 
 def mongo_values(texts: Iterable[str]) -> list[Any]:
-    """Every BSON value a schemaless field may hold for these ids: the text, and the number or ObjectId it spells.
+    """Every BSON value a schemaless field may hold for these ids: the text, and the number, ObjectId or UUID it
+    spells.
 
     MongoDB compares numbers by value across int, long and double, so one integer covers all three.
     """
@@ -95,4 +99,8 @@ def mongo_values(texts: Iterable[str]) -> list[Any]:
             from bson import ObjectId  # only MongoDB jobs get here, and they have bson
 
             values.append(ObjectId(text))
+        if (as_uuid(text)) is not None:
+            from bson.binary import Binary
+
+            values.append(Binary(uuid.UUID(text).bytes, UUID_SUBTYPE))
     return values

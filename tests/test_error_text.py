@@ -1,0 +1,56 @@
+"""Error text from the database never carries a value, whatever SQLSTATE or fields a trigger chooses."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conformance import COOKIE_RULE, add_cookies
+from tests.conftest import NOW
+from tests.helpers import make_sandbox
+from tests.stores import PostgresStore
+
+PERSONAL_EMAIL = "ada.lovelace@example.org"
+
+
+@pytest.mark.parametrize("errcode", ["23514", "23000", "42501", "55000", "57014"])
+def test_a_trigger_quoting_a_value_under_a_names_only_sqlstate_is_not_echoed(errcode: str, tmp_path: Path,
+                                                                            pg_store: PostgresStore) -> None:
+    """README: 'a trigger that quotes an e-mail is reported without it'. Triggers choose their own SQLSTATE."""
+    pg_store.standard_schema()
+    add_cookies(pg_store, NOW, timedelta(days=800), timedelta(days=1))
+    pg_store.execute(f"UPDATE cookie_events SET visitor_id = '{PERSONAL_EMAIL}'")
+    pg_store.execute(f"""
+        CREATE FUNCTION guard() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'visitor % may not be deleted', OLD.visitor_id USING ERRCODE = '{errcode}'; END $$;
+        CREATE TRIGGER guard BEFORE DELETE ON cookie_events FOR EACH ROW EXECUTE FUNCTION guard();
+    """)
+    box = make_sandbox(tmp_path / "sandbox", pg_store)
+    box.write(COOKIE_RULE, clients=False)
+    result = box.cli("run", "--format", "json")
+    assert 1 == result.exit_code
+    evidence = result.stdout + result.stderr + "".join(
+        p.read_text() for p in box.audit_dir.iterdir() if not p.name.endswith(".sig"))
+    assert PERSONAL_EMAIL not in evidence
+
+
+def test_a_trigger_naming_a_value_as_its_column_is_not_echoed(tmp_path: Path, pg_store: PostgresStore) -> None:
+    """Plain RAISE (SQLSTATE P0001, a class whose words are hidden) can still fill the structured COLUMN,
+    CONSTRAINT, TABLE or DATATYPE fields that the message quotes."""
+    pg_store.standard_schema()
+    add_cookies(pg_store, NOW, timedelta(days=800), timedelta(days=1))
+    pg_store.execute(f"UPDATE cookie_events SET visitor_id = '{PERSONAL_EMAIL}'")
+    pg_store.execute("""
+        CREATE FUNCTION guard() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION USING MESSAGE = 'blocked', COLUMN = OLD.visitor_id; END $$;
+        CREATE TRIGGER guard BEFORE DELETE ON cookie_events FOR EACH ROW EXECUTE FUNCTION guard();
+    """)
+    box = make_sandbox(tmp_path / "sandbox", pg_store)
+    box.write(COOKIE_RULE, clients=False)
+    result = box.cli("run", "--format", "json")
+    assert 1 == result.exit_code
+    evidence = result.stdout + result.stderr + "".join(
+        p.read_text() for p in box.audit_dir.iterdir() if not p.name.endswith(".sig"))
+    assert PERSONAL_EMAIL not in evidence
