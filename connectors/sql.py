@@ -384,9 +384,9 @@ class SqlConnector(ConnectorDefaults):
 
         try:
             return retrying(run, _transient, what=f"batch on {target}")
-        except (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.InternalError) as exc:
-            raise _Refused(_db_error(exc.orig)) from None
         except sa_exc.DBAPIError as exc:
+            if _refused_by_a_record(exc):
+                raise _Refused(_db_error(exc.orig)) from None
             raise ConnectorError(f"batch failed and was rolled back: {_db_error(exc.orig)}") from None
 
     def _all(self, statement: Any) -> list[Any]:
@@ -447,6 +447,18 @@ def _transient(error: BaseException) -> bool:
 # SQLSTATE classes whose PostgreSQL messages name identifiers only (integrity, access, connection, transaction,
 # resources, operator intervention); data exceptions (22) and raised exceptions (P0) quote values
 _NAMES_ONLY = ("08", "23", "40", "42", "53", "55", "57")
+
+
+def _refused_by_a_record(error: sa_exc.DBAPIError) -> bool:
+    """Whether some record of the batch made the store refuse it (so that a smaller batch may pass).
+
+    Integrity and data errors, and errors a trigger raised; not errors of the statement itself (a missing
+    column, a denied privilege), which every smaller batch would meet again.
+    """
+    if isinstance(error, sa_exc.IntegrityError | sa_exc.DataError):
+        return True
+    diag = getattr(error.orig, "diag", None)
+    return diag is not None and bool(diag.sqlstate) and _raised_by_user_code(diag)
 
 
 def _raised_by_user_code(diag: Any) -> bool:

@@ -177,13 +177,16 @@ class PostgresDialect(SqlDialect):
         return row_id == func.any(func.array(candidates.scalar_subquery()))
 
     def locator(self, table: Any, keys: Sequence[Any]) -> list[Any]:
-        # the physical row id, whatever the key: rows of a refused batch are bisected by it (a TID scan)
-        return [literal_column("ctid")]
+        # the physical row id, whatever the key: rows of a refused batch are bisected by it (a TID scan); with
+        # the table's oid, since each partition of a partitioned table numbers its rows on its own
+        return [literal_column("tableoid::oid::text || ':' || ctid::text")]
 
     def located(self, locator: Sequence[Any], rows: Sequence[Any]) -> ColumnElement[bool]:
-        tids = cast(bindparam(None, [str(row) for row in rows], type_=postgresql.ARRAY(postgresql.TEXT)),
-                    postgresql.ARRAY(_Tid()))
-        return locator[0] == func.any(tids)  # type: ignore[no-any-return]
+        texts = [str(row) for row in rows]
+        tids = cast(bindparam(None, [text.partition(":")[2] for text in texts],
+                              type_=postgresql.ARRAY(postgresql.TEXT)), postgresql.ARRAY(_Tid()))
+        row_ids = bindparam(None, texts, type_=postgresql.ARRAY(postgresql.TEXT))
+        return and_(literal_column("ctid") == func.any(tids), locator[0] == func.any(row_ids))
 
     def engine_options(self) -> dict[str, Any]:
         # date_trunc and naive timestamps are read in the session time zone: pin it to UTC.

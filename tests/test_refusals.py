@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -102,3 +103,73 @@ def test_isolation_costs_a_few_statements_per_refused_record(tmp_path: Path, pg_
     extra = statements(True, "refused") - statements(False, "clean")
     assert 0 < extra <= 2 * 7 + 2, extra
 
+
+
+def test_a_partitioned_table_with_a_composite_key(tmp_path: Path, pg_store: PostgresStore) -> None:
+    """Monthly partitions, key (created, id): expired rows go from every partition, named by their whole key."""
+    from datetime import date
+
+    from retention.secrets import RECORD_ID_LABEL, derive
+    from retention.transforms import pseudonym
+    from tests.helpers import PSEUDONYM_KEY
+
+    pg_store.execute("CREATE TABLE visits (id INTEGER, created DATE, visitor TEXT, PRIMARY KEY (created, id)) "
+                     "PARTITION BY RANGE (created)")
+    months = [date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1), date(2026, 11, 1), date(2026, 12, 1)]
+    for start, end in itertools.pairwise(months):
+        pg_store.execute(f"CREATE TABLE visits_{start:%Y_%m} PARTITION OF visits "
+                         f"FOR VALUES FROM ('{start}') TO ('{end}')")
+    # the same ids in several partitions: only the whole key names a row
+    rows = [{"id": n, "created": day, "visitor": f"v{n}"} for day in (date(2024, 1, 5), date(2024, 2, 5),
+                                                                       date(2026, 11, 5)) for n in range(1, 4)]
+    pg_store.insert("visits", rows)
+    box = make_sandbox(tmp_path / "sandbox", pg_store)
+    box.write("""
+[[rules]]
+name = "visits"
+connector = "app"
+table = "visits"
+expire = { after = "24 months", field = "created" }
+action = "delete"
+max_fraction = 1.0
+""", clients=False)
+    result = box.cli("run", "--now", NOW_TEXT, "--format", "json")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    assert 6 == json.loads(result.stdout)["rules"][0]["changed"]
+    assert [(date(2026, 11, 5), n) for n in range(1, 4)] == sorted(
+        (r["created"], r["id"]) for r in pg_store.find("visits"))
+    sidecar = Path(json.loads(result.stdout)["audit_file"].replace(".jsonl", ".ids")).read_text().split()
+    key = derive(PSEUDONYM_KEY, RECORD_ID_LABEL)
+    expected = {pseudonym(key, f'["{day}","{n}"]') for day in ("2024-01-05", "2024-02-05") for n in range(1, 4)}
+    assert expected == set(sidecar[2::3])
+
+
+def test_a_refused_row_in_one_partition_blocks_only_itself(tmp_path: Path, pg_store: PostgresStore) -> None:
+    """Rows of different partitions share physical row ids; isolation tells them apart by partition too."""
+    from datetime import date
+
+    pg_store.execute("CREATE TABLE visits (id INTEGER, created DATE, PRIMARY KEY (created, id)) "
+                     "PARTITION BY RANGE (created)")
+    for month in (1, 2):
+        pg_store.execute(f"CREATE TABLE visits_{month} PARTITION OF visits "
+                         f"FOR VALUES FROM ('2024-0{month}-01') TO ('2024-0{month + 1}-01')")
+    pg_store.insert("visits", [{"id": n, "created": date(2024, m, 5)} for m in (1, 2) for n in range(1, 6)])
+    pg_store.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'kept'; END $$")
+    pg_store.execute("CREATE TRIGGER refuse BEFORE DELETE ON visits_1 FOR EACH ROW WHEN (OLD.id = 3) "
+                     "EXECUTE FUNCTION refuse()")
+    box = make_sandbox(tmp_path / "sandbox", pg_store)
+    box.write("""
+[[rules]]
+name = "visits"
+connector = "app"
+table = "visits"
+expire = { after = "24 months", field = "created" }
+action = "delete"
+max_fraction = 1.0
+""", clients=False)
+    box.config.write_text(box.config.read_text().replace("batch_size = 2", "batch_size = 10"))
+    result = box.cli("run", "--now", NOW_TEXT, "--format", "json")
+    rule = json.loads(result.stdout)["rules"][0]
+    assert (9, 1) == (rule["changed"], rule["blocked"]), rule["error"]
+    assert [(date(2024, 1, 5), 3)] == [(r["created"], r["id"]) for r in pg_store.find("visits")]
