@@ -111,15 +111,24 @@ def check(state: State, offline: bool) -> None:
     """Validate the config; unless --offline, confirm every target and field exists with a usable type."""
     config = state.config
     if offline:
-        click.echo(f"{config.path}: ok ({len(config.rules)} rules, {len(config.connectors)} connectors)")
+        click.echo(f"{config.path}: ok ({_count(len(config.rules), 'rule')}, "
+                   f"{_count(len(config.connectors), 'connector')})")
         return
     results = engine.check(config, state.env, utc_now())
     click.echo(table(["rule", "target", "result"], [[r.rule, r.target, "; ".join(r.problems) or "ok"]
                                                     for r in results]))
     if any(r.unreachable for r in results):
+        click.echo("\nexit 1: a store could not be reached (the config may be right: try again, or check the "
+                   "network and credentials)")
         sys.exit(1)
     if any(r.problems for r in results):
+        click.echo("\nexit 2: the config names a target or field that does not exist or cannot be used as "
+                   "configured (fix the config or the store)")
         sys.exit(2)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 @main.command()

@@ -23,7 +23,7 @@ from retention.audit.writer import ChainHead, run_files
 from retention.clients import judge
 from retention.config import Config, Hold, Rule
 from retention.connector import Connector, connector_type
-from retention.errors import AuditError, ConfigError, RetentionError, UsageError
+from retention.errors import AuditError, ConfigError, KeyProblem, RetentionError, UsageError
 from retention.holds import held_scope, load_holds
 from retention.lock import host_lock, run_lock
 from retention.metrics import write_metrics
@@ -46,6 +46,7 @@ from retention.timeutil import rfc3339
 
 log = structlog.get_logger("retention")
 Clock = Callable[[], datetime]
+MIN_SECRET_BYTES = 32  # of the pseudonym root secret: HMAC keys shorter than the hash are guessable
 PLAN_KEY = bytes(32)  # stands in for the HMAC key in statements `plan` shows: plan needs no secret
 
 
@@ -386,6 +387,10 @@ def _run_keys(config: Config, env: Environment) -> RunKeys:
                           source=str(config.path), key="audit.signing_key")
     signing = load_private_key(Path(env.resolve(config.audit.signing_key, secret=False)))  # a path, not a secret
     root = env.resolve(config.pseudonym_key) if config.pseudonym_key else None
+    if root is not None and len(root.encode("utf-8")) < MIN_SECRET_BYTES:
+        raise KeyProblem(f"is {len(root.encode('utf-8'))} bytes; pseudonyms and record ids need a secret of at "
+                         f"least {MIN_SECRET_BYTES} bytes: make one with `openssl rand -hex 32`",
+                         source=str(config.path), key="secrets.pseudonym_key")
     hashed = root is not None and config.audit.record_ids == "hashed"
     return RunKeys(signing, derive(root, TRANSFORM_LABEL) if root else None,
                    derive(root, RECORD_ID_LABEL) if root and hashed else None)

@@ -71,9 +71,17 @@ def report(result: Report, fmt: str) -> str:
     problems = [f"  {rule.name}: {rule.error}" for rule in result.rules if rule.error]
     if result.is_run and result.audit_copy_error:
         problems.append(f"  audit copy: {result.audit_copy_error}")
+    if result.requests:  # what erasure requests changed belongs in the run's story too
+        lines += ["", "Erasure requests:", table(
+            ["request", "status", "changed", "held", "why not done"],
+            [[o.request.id, o.status, sum(r.changed for r in o.rules), sum(r.held for r in o.rules),
+              "; ".join(o.to_json()["errors"] or o.waiting_for) or None] for o in result.requests])]
+    if result.errors:
+        problems += [f"  {error}" for error in result.errors]
     if problems:
         lines += ["", "Problems:", *problems]
     if result.is_run:
-        lines += ["", f"run {result.run_id}: {result.status} (exit {result.exit_code})",
+        status = "stopped by a safety threshold" if result.exit_code == 3 else result.status
+        lines += ["", f"run {result.run_id}: {status} (exit {result.exit_code})",
                   f"audit log: {result.audit_file}"]
     return "\n".join(lines)

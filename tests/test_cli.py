@@ -190,3 +190,32 @@ def test_console_logs_are_readable_text(sandbox: Sandbox) -> None:
                                 env=sandbox.env())
     line = next(line for line in result.stderr.splitlines() if "rule_planned" in line)
     assert not line.startswith("{") and "rule=cookies" in line
+
+
+def test_a_threshold_stop_never_reads_ok(sandbox: Sandbox) -> None:
+    """The run's last line says a threshold stopped it, with exit 3; never `ok (exit 3)`."""
+    sandbox.config.write_text(sandbox.config.read_text().replace("max_fraction = 1.0", "max_fraction = 0.1", 1))
+    result = sandbox.cli("run")
+    assert 3 == result.exit_code
+    assert "stopped by a safety threshold (exit 3)" in result.stdout and "ok (exit 3)" not in result.stdout
+
+
+def test_offline_check_counts_in_words(sandbox: Sandbox) -> None:
+    """One rule and one connector are said in the singular."""
+    assert "(1 rule, 1 connector)" in sandbox.cli("check", "--offline").stdout
+
+
+def test_a_public_key_given_as_the_signing_key_is_named_as_such(sandbox: Sandbox) -> None:
+    """Passing the public half gets that said, not advice about file modes."""
+    (sandbox.root / "audit-public.pem").chmod(0o600)
+    result = sandbox.cli("run", env={"RETENTION_AUDIT_KEY": str(sandbox.public_key)})
+    assert 2 == result.exit_code
+    assert "public key" in result.stderr and "chmod" not in result.stderr
+
+
+@pytest.mark.parametrize("secret", ["abc", "k" * 31])
+def test_a_short_pseudonym_key_is_refused_with_a_way_to_make_one(secret: str, sandbox: Sandbox) -> None:
+    """A root secret under 32 bytes is refused before anything changes, with a command that makes a good one."""
+    result = sandbox.cli("run", env={"RETENTION_PSEUDONYM_KEY": secret})
+    assert 2 == result.exit_code and [] == audit_files(sandbox)
+    assert "32 bytes" in result.stderr and "openssl rand" in result.stderr and secret not in result.stderr

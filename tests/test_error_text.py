@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -54,3 +55,18 @@ def test_a_trigger_naming_a_value_as_its_column_is_not_echoed(tmp_path: Path, pg
     evidence = result.stdout + result.stderr + "".join(
         p.read_text() for p in box.audit_dir.iterdir() if not p.name.endswith(".sig"))
     assert PERSONAL_EMAIL not in evidence
+
+
+def test_check_plan_and_run_name_the_same_identifiers(tmp_path: Path, pg_store: PostgresStore) -> None:
+    """A mistyped column is named alike by check, plan, run and the signed log: identifiers are not hidden."""
+    pg_store.standard_schema()
+    box = make_sandbox(tmp_path / "sandbox", pg_store)
+    box.write(COOKIE_RULE.replace('field = "collected_at"', 'field = "collectd_at"'), clients=False)
+    expected = "expire.field column 'collectd_at' does not exist in table cookie_events"
+    check = box.cli("check")
+    plan = box.cli("plan", "--format", "json")
+    run = box.cli("run", "--format", "json")
+    assert expected in check.stdout
+    assert expected in json.loads(plan.stdout)["rules"][0]["error"]
+    assert expected in json.loads(run.stdout)["rules"][0]["error"]
+    assert expected in Path(json.loads(run.stdout)["audit_file"]).read_text()

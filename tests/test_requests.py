@@ -344,3 +344,13 @@ def test_a_result_of_any_shape_is_shown_without_a_crash(stored: str, sandbox: Sa
     for args in (["requests", "list"], ["requests", "show", "r-18"], ["requests", "list", "--format", "json"]):
         result = sandbox.cli(*args)
         assert 0 == result.exit_code, result.stdout + result.stderr
+
+
+def test_the_run_table_shows_what_requests_changed(sandbox: Sandbox, pg_store: PostgresStore) -> None:
+    """The table a person reads after a run lists each request, its outcome and what it changed."""
+    request(pg_store, "r-19", "c-active", None, "client_instruction")
+    result = sandbox.cli("run")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    section = result.stdout.split("Erasure requests:")[1]
+    row = next(line for line in section.splitlines() if line.startswith("r-19")).split()
+    assert ["r-19", "done", "7", "0"] == row[:4]  # end-users 1, sessions 3, photos 3

@@ -36,8 +36,12 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     """The signing key at `path`, refused when others can read it or it is not Ed25519."""
     try:
         mode = path.stat().st_mode
+        head = path.read_bytes()[:100]
     except OSError as exc:
         raise KeyProblem(f"cannot read the signing key {path}: {exc.strerror}") from None
+    if b"PUBLIC KEY" in head:
+        raise KeyProblem(f"{path} is a public key; signing needs the private half (`retention audit keygen` "
+                         "writes both: the private key for [audit] signing_key, the public key for verifiers)")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyProblem(f"signing key {path} is readable by group or others (mode {stat.S_IMODE(mode):04o}); "
                          f"run: chmod 600 {path}")
