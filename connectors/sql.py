@@ -23,6 +23,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -33,6 +34,7 @@ from connectors.sql_dialects import SqlDialect, SqliteDialect, dialect_for, is_t
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, LockHeld, TargetMissing
 from retention.model import Action, Batch, ClientRegistry, Counts, Selection
+from retention.privileges import Need
 from retention.retry import retrying
 from retention.transforms import KeyedHasher, record_text
 
@@ -132,6 +134,35 @@ class SqlConnector(ConnectorDefaults):
         except TargetMissing as exc:
             problems.append(str(exc))
         return problems
+
+    def missing_grants(self, table_name: str, needs: tuple[Need, ...]) -> list[str]:
+        """The GRANTs this connection's role lacks on `table_name` (PostgreSQL; other databases tell nothing)."""
+        if self.dialect.name != "postgresql":
+            return []
+        table = self.table(table_name)
+        place = f"{table.schema}.{table.name}" if table.schema else table.name
+        query = text("SELECT current_user, n.nspname, c.relname FROM pg_class c "
+                     "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(:name)")
+        role, schema, relation = self._all(query.bindparams(name=place))[0]
+        qualified = f"{schema}.{relation}"
+        grants = []
+        for need in needs:
+            if need.any_column:
+                allowed = self._granted("has_any_column_privilege(:t, :p)", qualified, need.privilege)
+                columns = [] if allowed else list(need.columns[:1])
+            elif need.columns:
+                columns = [c for c in need.columns if not self._granted(
+                    "has_column_privilege(:t, :c, :p)", qualified, need.privilege, column=c)]
+            else:
+                columns = [] if self._granted("has_table_privilege(:t, :p)", qualified, need.privilege) else ["*"]
+            if columns:
+                on = "" if columns == ["*"] else f" ({', '.join(columns)})"
+                grants.append(f'GRANT {need.privilege}{on} ON {qualified} TO "{role}";')
+        return grants
+
+    def _granted(self, function: str, table: str, privilege: str, column: str | None = None) -> bool:
+        query = text(f"SELECT {function}").bindparams(t=table, p=privilege, **({"c": column} if column else {}))
+        return bool(self._all(query)[0][0])
 
     def _check_registry(self, registry: ClientRegistry) -> list[str]:
         table = self.table(registry.table)

@@ -117,6 +117,9 @@ def check(state: State, offline: bool) -> None:
     results = engine.check(config, state.env, utc_now())
     click.echo(table(["rule", "target", "result"], [[r.rule, r.target, "; ".join(r.problems) or "ok"]
                                                     for r in results]))
+    grants = [grant for r in results for grant in r.grants]
+    if grants:
+        click.echo("\nMissing privileges (run as the tables' owner):\n" + "\n".join(grants))
     if any(r.unreachable for r in results):
         click.echo("\nexit 1: a store could not be reached (the config may be right: try again, or check the "
                    "network and credentials)")

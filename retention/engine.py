@@ -28,6 +28,7 @@ from retention.holds import held_scope, load_holds
 from retention.lock import host_lock, run_lock
 from retention.metrics import write_metrics
 from retention.model import Action, AgeCondition, ClientCondition, ClientRegistry, Counts, Selection
+from retention.privileges import missing_grants
 from retention.progress import Progress, Silent
 from retention.redact import error_summary
 from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, Report, RuleReport
@@ -532,6 +533,7 @@ class TargetCheck:
     target: str
     problems: tuple[str, ...]
     unreachable: bool = False
+    grants: tuple[str, ...] = ()  # GRANT statements that would give the role what the rules need
 
 
 def check(config: Config, env: Environment, now: datetime) -> list[TargetCheck]:
@@ -565,6 +567,14 @@ def check(config: Config, env: Environment, now: datetime) -> list[TargetCheck]:
                 results.append(TargetCheck(rule.name, target, tuple(problems)))
             except RetentionError as exc:
                 results.append(TargetCheck(rule.name, target, (str(exc),), unreachable=True))
+        try:
+            grants = tuple(missing_grants(config, connectors))
+        except RetentionError as exc:
+            results.append(TargetCheck("[privileges]", "", (str(exc),), unreachable=True))
+        else:
+            if grants:
+                results.append(TargetCheck("[privileges]", "", (f"{len(grants)} privileges missing: the GRANT "
+                                                                "statements below",), grants=grants))
     return results
 
 
