@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 from retention import engine
 from retention.audit import generate_keypair, load_private_key, verify
-from retention.config import Config, load_config
+from retention.config import load_config
 from retention.errors import UsageError
 from retention.render import report
 from retention.settings import Environment
@@ -32,6 +32,9 @@ CREATE TABLE cookie_events (id INTEGER PRIMARY KEY, visitor_id TEXT, collected_a
 CREATE TABLE end_users (id INTEGER PRIMARY KEY, client_id TEXT, email TEXT, full_name TEXT, phone TEXT,
                         last_ip TEXT, anonymized_at DATETIME);
 CREATE TABLE client_contacts (id INTEGER PRIMARY KEY, client_id TEXT, email TEXT, role TEXT, deidentified_at DATETIME);
+CREATE TABLE legal_holds (name TEXT, client_id TEXT, rule TEXT, until TEXT, reason TEXT);
+CREATE TABLE erasure_requests (id TEXT PRIMARY KEY, client_id TEXT, subject_id TEXT, reason TEXT,
+                               received_at DATETIME, status TEXT, result TEXT);
 """
 
 CONFIG = """\
@@ -61,10 +64,18 @@ ended_at_field = "closed_at"
 active_statuses = ["active", "trial", "suspended"]
 ended_statuses = ["closed", "deletion_requested"]
 
-[[holds]]
+[[holds]]                        # a hold reviewed like code
 name = "litigation-2026-017"
 client_ids = ["c-1042"]
 rules = ["end-users-after-client-leaves", "client-contacts-after-client-leaves"]  # the rules that know clients
+
+[holds_source]                   # holds legal places and lifts as rows, without a deploy
+connector = "app"
+table = "legal_holds"
+
+[requests]                       # erasure requests: a client's instruction, an end user's, a child's data
+connector = "app"
+table = "erasure_requests"
 
 [[rules]]
 name = "cookie-data-24-months"
@@ -81,6 +92,7 @@ policy = "Privacy Policy s.5: end-user data is kept while the client's account i
 connector = "app"
 table = "end_users"
 expire = {{ client_field = "client_id", grace = "30 days" }}
+subject_field = "email"          # which end user an end-user or child-data request names
 action = "anonymize"
 marker = "anonymized_at"
 transforms = {{ email = "redact", full_name = "redact", phone = {{ mask = 4 }}, last_ip = "truncate_ip" }}
@@ -136,9 +148,23 @@ CLIENTS = [("c-1001", "active", None), ("c-1002", "trial", None), ("c-1003", "cl
            ("c-1099", "paused", None)]
 
 
+# A managed hold (a row legal wrote): the end users of c-1005, who asked for deletion 45 days ago, are kept.
+HOLDS = [("tax-audit-2026", "c-1005", "end-users-after-client-leaves", "2027-12-31", "tax audit")]
+# (id, client, subject, reason, hours ago): an active client's instruction, one end user's request, a known child's
+# data (deleted, not anonymized), and a request under the litigation hold (stays pending, saying why).
+REQUESTS = [("r-1", "c-1002", None, "client_instruction", 30),
+            ("r-2", "c-1001", "user7@example.org", "end_user_request", 20),
+            ("r-3", "c-1001", "user14@example.org", "child_data", 10),
+            ("r-4", "c-1042", None, "client_instruction", 5)]
+
+
 def build(directory: Path, now: datetime, seed: int = 2026, mongodb_url: str | None = None,
           s3_url: str | None = None) -> Path:
-    """Create the sandbox: databases, keys and config. Returns the config path."""
+    """Create the sandbox: databases, keys and two configs. Returns the path of the one with every store.
+
+    `retention.toml` holds the SQLite rules, holds and requests: it works after the demo, with no server.
+    `all-stores.toml` adds the MongoDB and S3 rules, whose servers run in-process only while the demo does.
+    """
     directory = directory.resolve()
     rng = random.Random(seed)
     with sqlite3.connect(directory / "app.db") as db:
@@ -160,6 +186,10 @@ def build(directory: Path, now: datetime, seed: int = 2026, mongodb_url: str | N
         db.executemany("INSERT INTO end_users VALUES (?, ?, ?, ?, ?, ?, ?)", users)
         db.executemany("INSERT INTO client_contacts VALUES (?, ?, ?, ?, ?)",
                        [(None, cid, f"billing@{cid}.example.com", "billing", None) for cid, _, _ in CLIENTS])
+        db.executemany("INSERT INTO legal_holds VALUES (?, ?, ?, ?, ?)", HOLDS)
+        db.executemany("INSERT INTO erasure_requests VALUES (?, ?, ?, ?, ?, 'pending', NULL)",
+                       [(rid, client, subject, reason, _ts(now - timedelta(hours=hours)))
+                        for rid, client, subject, reason, hours in REQUESTS])
     keys = directory / "keys"
     generate_keypair(keys / "audit-private.pem", keys / "audit-public.pem")
     pseudonym = keys / "pseudonym.key"
@@ -169,7 +199,8 @@ def build(directory: Path, now: datetime, seed: int = 2026, mongodb_url: str | N
         _seed_mongodb(mongodb_url, now, rng)
     if s3_url:
         _seed_s3(s3_url, now, rng)
-    config = directory / "retention.toml"
+    (directory / "retention.toml").write_text(CONFIG.format(dir=directory))
+    config = directory / "all-stores.toml"
     config.write_text(CONFIG.format(dir=directory) + (MONGO_CONFIG.format() if mongodb_url else "")
                       + (S3_CONFIG.format(bucket=S3_BUCKET) if s3_url else ""))
     return config
@@ -287,14 +318,24 @@ def _run_demo(directory: Path, now: datetime, echo: Callable[[str], None], mongo
     for check in verify([config.audit.dir], [key]):
         echo(f"{'OK  ' if check.ok else 'FAIL'}  {check.path.name}  {check.status}")
     audit_file = result.audit_file
+    retention = f"{_command('retention')} --config {root}/retention.toml"
     echo(f"""
+The MongoDB and S3 rules ran on in-process servers that stopped with the demo ({config_path.name} has every
+rule). {root}/retention.toml has the SQLite rules, the legal holds and the erasure requests, and needs no
+server: every command below works as printed.
+
 What to open next:
-  {config_path}            the rules, each citing its policy section
+  {root}/retention.toml   the rules, each citing its policy section
   {audit_file}   the signed audit log (one JSON event per line)
 Try:
-  export RETENTION_PSEUDONYM_KEY=$(cat {root}/keys/pseudonym.key){_mongo_hint(root, mongodb_url)}
-  {_command('retention')} --config {config_path} plan{_s3_hint(config, s3_url)}          # nothing left to do now
-  {_command('retention')} --config {config_path} audit show {result.run_id}
+  export RETENTION_PSEUDONYM_KEY=$(cat {root}/keys/pseudonym.key)
+  {retention} check
+  {retention} plan                  # nothing left to do now
+  {retention} holds list            # the config's hold, and the one legal wrote in legal_holds
+  {retention} requests list         # r-4 waits for the litigation hold
+  {retention} requests show r-3     # a child's data: deleted, and the audit file that proves it
+  {retention} audit verify
+  {retention} audit show {result.run_id}
   openssl pkeyutl -verify -pubin -inkey {root}/keys/audit-public.pem -rawin \\
       -in {audit_file} -sigfile {audit_file}.sig
 """)
@@ -305,17 +346,3 @@ def _command(name: str) -> str:
     """A command as the user can type it: its bare name when on PATH, else its path in this environment."""
     installed = Path(sys.executable).parent / name
     return name if shutil.which(name) == str(installed) or not installed.exists() else str(installed)
-
-
-def _s3_hint(config: Config, s3_url: str | None) -> str:
-    """The in-memory S3 is gone with the demo: the follow-up plan names the other rules."""
-    if not s3_url:
-        return ""
-    return "".join(f" --rule {rule.name}" for rule in config.rules if rule.connector != "files")
-
-
-def _mongo_hint(root: Path, mongodb_url: str | None) -> str:
-    if not mongodb_url:
-        return ""
-    return (f"\n  {_command('secantusd-py')} --storage-path {root}/mongo --port 27018 &   # the demo's MongoDB, again"
-            "\n  export DEMO_MONGODB_URL=mongodb://127.0.0.1:27018/")

@@ -177,7 +177,9 @@ def _assess(connectors: Stores, work: RuleWork, report: RuleReport) -> tuple[Rul
                                                                      counts.unknown_age)
     report.statement = connector.statement(work.selection, work.action)
     if counts.held:  # what keeps them: the holds in scope, else the store's own lock (S3 Object Lock)
-        report.held_by = work.selection.held.holds or (f"{work.rule.connector}'s own lock (Object Lock)",)
+        erasure = work.selection.erasure
+        report.held_by = work.selection.held.holding(erasure.client_id if erasure else None) or (
+            f"{work.rule.connector}'s own lock (Object Lock)",)
     if work.request is None and (reason := threshold_reason(work.rule, counts)):
         report.status, report.error = OVER_THRESHOLD, reason
     return work, counts

@@ -85,7 +85,8 @@ def held_scope(holds: Iterable[Hold], rule: Rule, now: datetime) -> HeldScope:
             return HeldScope(True, None, (), names, problem=unidentifiable(blind[0], rule))
     everything = any(not hold.client_ids for hold in active)
     client_ids = tuple(sorted({cid for hold in active for cid in canonical_ids(hold.client_ids)}))
-    return HeldScope(everything, rule.client_field, client_ids, names)
+    clients_of = tuple((hold.name, tuple(sorted(canonical_ids(hold.client_ids)))) for hold in active)
+    return HeldScope(everything, rule.client_field, client_ids, names, clients_of=clients_of)
 
 
 def unidentifiable(hold: Hold, rule: Rule) -> str:

@@ -70,6 +70,12 @@ class HeldScope:
     client_ids: tuple[str, ...] = ()  # canonical ids (retention.ids)
     holds: tuple[str, ...] = ()
     problem: str | None = None  # a hold in scope that this rule cannot apply: the rule must not run
+    clients_of: tuple[tuple[str, tuple[str, ...]], ...] = ()  # each hold's canonical client ids (none: all)
+
+    def holding(self, client_id: str | None) -> tuple[str, ...]:
+        """The holds that keep records of this client (all of them when no client is named)."""
+        return tuple(name for name, clients in self.clients_of
+                     if client_id is None or not clients or client_id in clients)
 
     @property
     def active(self) -> bool:

@@ -107,19 +107,45 @@ def seaweedfs_server() -> Iterator[str]:
 
     The admin identity comes from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, which must be set before it starts.
     """
-    base = Path(tempfile.mkdtemp(prefix="rweed-"))
-    log = base / "weed.log"
-    ports = {name: free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc",
-                                            "s3", "s3.grpc", "admin")}
-    executable = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    command = [executable, f"-logdir={base}", "mini", f"-dir={base}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               "-master.telemetry=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-               "-webdav=false", *[f"-{name.replace('.grpc', '.port.grpc') if '.grpc' in name else name + '.port'}="
-                                  f"{port}" for name, port in ports.items()]]
-    process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    try:
-        _wait_for_port(ports["s3"], process, "SeaweedFS", log, timeout=60)
-        time.sleep(0.5)
-        yield f"http://127.0.0.1:{ports['s3']}"
-    finally:
-        _stop(process, base, timeout=15)
+    for attempt in range(3):  # nine ports picked up front: another process may take one before weed binds it
+        base = Path(tempfile.mkdtemp(prefix="rweed-"))
+        log = base / "weed.log"
+        ports = {name: free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer",
+                                                "filer.grpc", "s3", "s3.grpc", "admin")}
+        executable = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        command = [executable, f"-logdir={base}", "mini", f"-dir={base}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                   "-master.telemetry=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                   "-webdav=false", *[f"-{name.replace('.grpc', '.port.grpc') if '.grpc' in name else name + '.port'}="
+                                      f"{port}" for name, port in ports.items()]]
+        process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        url = f"http://127.0.0.1:{ports['s3']}"
+        try:
+            _wait_for_port(ports["s3"], process, "SeaweedFS", log, timeout=60)
+            _wait_for_s3(url, process, log)
+        except RuntimeError:
+            _stop(process, base, timeout=15)
+            if attempt == 2:
+                raise
+            continue
+        try:
+            yield url
+        finally:
+            _stop(process, base, timeout=15)
+        return
+
+
+def _wait_for_s3(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    """An open port is not a ready server: wait until S3 answers a real call (its filer and volume are up)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client("s3", endpoint_url=url)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.list_buckets()
+            return
+        except (BotoCoreError, ClientError):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS did not answer: {log.read_text(errors='replace')[-2000:]}") from None
+            time.sleep(0.2)

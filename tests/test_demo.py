@@ -33,3 +33,24 @@ def test_demo_refuses_to_overwrite_a_folder_it_did_not_make(tmp_path: Path) -> N
     assert 2 == result.returncode
     assert "was not made by `retention demo`" in result.stderr
     assert "keep me" == (tmp_path / "precious.txt").read_text()
+
+
+def test_every_command_the_demo_suggests_works_as_printed(tmp_path: Path) -> None:
+    """The "Try:" lines, run by a shell after the demo has exited (its in-process servers gone), all succeed."""
+    demo = tmp_path / "demo"
+    result = subprocess.run([Path(sys.executable).parent / "retention", "demo", "--dir", str(demo)],
+                            capture_output=True, text=True, cwd=tmp_path, env={**os.environ}, check=False)
+    assert 0 == result.returncode, result.stdout + result.stderr
+    assert "r-4      pending" in result.stdout and "held by litigation-2026-017" in result.stdout
+    suggested = result.stdout.split("Try:\n", 1)[1]
+    commands = [line.strip() for line in suggested.replace("\\\n", " ").splitlines() if line.strip()]
+    assert 9 == len(commands)
+    for command in commands[1:]:
+        shell = subprocess.run(["bash", "-c", f"{commands[0]} && {command}"], capture_output=True, text=True,
+                               cwd=tmp_path, env={k: v for k, v in os.environ.items() if not k.startswith("DEMO_")},
+                               check=False)
+        assert 0 == shell.returncode, f"{command}\n{shell.stdout}{shell.stderr}"
+        if "requests show r-3" in command:
+            assert "child_data" in shell.stdout and "After (run" in shell.stdout and ": done" in shell.stdout
+        if "holds list" in command:
+            assert "tax-audit-2026" in shell.stdout and "litigation-2026-017" in shell.stdout
