@@ -130,7 +130,7 @@ def main() -> None:
         print(f"{expired:,} expired rows; batch size {BATCH}\n")
         scenarios = (("delete", HAND_DELETE, "delete", "none"), ("delete+ids", HAND_DELETE, "delete", "hashed"),
                      ("anonymize", HAND_UPDATE, "anonymize", "none"))
-        print("each scenario on its own copies of the same data: hand-written SQL, engine.run in-process, and the\n"
+        print("each scenario on its own copies of the same data: hand-written SQL, the run in-process, and the\n"
               "`retention run` command (interpreter start-up and imports included, about 0.5 s)")
         print("delete+ids: the same delete with record_ids = \"hashed\" (a keyed hash of every key in the audit)\n")
         print(f"{'scenario':<11} {'hand-written':>12} {'in-process':>10} {'ratio':>6} {'command':>8} {'ratio':>6} "

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from retention import engine
+from retention import run as coordinator
 from retention.audit import generate_keypair
 from retention.config import load_config
 from retention.settings import Environment
@@ -71,7 +71,7 @@ def run(url: str, root: Path, rows: int, refused: bool) -> tuple[int, int, int, 
     event.listen(Engine, "before_cursor_execute", count)
     started = time.monotonic()
     try:
-        report = engine.run(load_config(config), Environment({}), NOW, lambda: NOW + timedelta(seconds=1))
+        report = coordinator.run(load_config(config), Environment({}), NOW, lambda: NOW + timedelta(seconds=1))
     finally:
         event.remove(Engine, "before_cursor_execute", count)
     rule = report.rules[0]

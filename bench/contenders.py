@@ -1,4 +1,4 @@
-"""How every benchmark times the tool: `engine.run` in-process (imports warm) and the `retention run` command."""
+"""How every benchmark times the tool: `retention.run.run` in-process (imports warm) and the `retention run` command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from retention import engine
+from retention import run as coordinator
 from retention.config import load_config
 from retention.settings import Environment
 
@@ -19,7 +19,7 @@ def tool_in_process(config: Path, now: datetime) -> float:
     """The enforcement itself, as the CLI calls it; seconds."""
     loaded = load_config(config)
     started = time.perf_counter()
-    report = engine.run(loaded, Environment(), now, lambda: datetime.now(UTC))
+    report = coordinator.run(loaded, Environment(), now, lambda: datetime.now(UTC))
     assert report.exit_code == 0, report.to_json()
     return time.perf_counter() - started
 

@@ -12,7 +12,9 @@ from typing import Any, NoReturn
 import click
 import structlog
 
-from retention import __version__, engine
+from retention import __version__
+from retention import inspect as inspection
+from retention import run as coordinator
 from retention.audit import generate_keypair, load_private_key, load_public_keys, verify
 from retention.audit.summary import summarize
 from retention.audit.writer import run_files
@@ -114,7 +116,7 @@ def check(state: State, offline: bool) -> None:
         click.echo(f"{config.path}: ok ({_count(len(config.rules), 'rule')}, "
                    f"{_count(len(config.connectors), 'connector')})")
         return
-    results = engine.check(config, state.env, utc_now())
+    results = inspection.check(config, state.env, utc_now())
     click.echo(table(["rule", "target", "result"], [[r.rule, r.target, "; ".join(r.problems) or "ok"]
                                                     for r in results]))
     grants = [grant for r in results for grant in r.grants]
@@ -142,7 +144,7 @@ def _count(number: int, noun: str) -> str:
 @click.pass_obj
 def plan(state: State, rules: tuple[str, ...], now_text: str | None, fmt: str) -> None:
     """Dry run: what each rule would do now. Changes nothing; needs no signing key."""
-    result = engine.plan(state.config, state.env, _now_option(now_text) or utc_now(), rules, for_terminal())
+    result = inspection.plan(state.config, state.env, _now_option(now_text) or utc_now(), rules, for_terminal())
     click.echo(report(result, fmt))
     sys.exit(result.exit_code)
 
@@ -157,7 +159,7 @@ def run(state: State, rules: tuple[str, ...], now_text: str | None, dry_run: boo
     """Enforce the rules; always writes a signed audit log (a --dry-run run too)."""
     override = _now_option(now_text)
     with stop_on_signals() as stop:
-        result = engine.run(state.config, state.env, override or utc_now(), utc_now, rule_names=rules,
+        result = coordinator.run(state.config, state.env, override or utc_now(), utc_now, rule_names=rules,
                             dry_run=dry_run, clock_override=override is not None, should_stop=stop.is_set,
                             progress=for_terminal())
     click.echo(report(result, fmt))
@@ -201,7 +203,7 @@ def _scheduled_run(state: State, stop: StopRequest) -> int:
     """One scheduled run: the config read afresh, the report on stdout; errors become exit codes, not crashes."""
     try:
         config = load_config(config_path(state.config_option))
-        result = engine.run(config, state.env, utc_now(), utc_now, should_stop=stop.is_set)
+        result = coordinator.run(config, state.env, utc_now(), utc_now, should_stop=stop.is_set)
     except RetentionError as exc:
         structlog.get_logger("retention").error("scheduled_run_refused", error=hide(str(exc), state.env.revealed),
                                                 exit_code=exc.exit_code)
@@ -322,7 +324,7 @@ def holds() -> None:
 @click.pass_obj
 def holds_list(state: State, fmt: str) -> None:
     """Every active legal hold, where it comes from, and how many expired records it keeps now."""
-    reports = engine.hold_reports(state.config, state.env, utc_now())
+    reports = inspection.hold_reports(state.config, state.env, utc_now())
     if fmt == "json":
         click.echo(as_json([{"name": r.hold.name, "source": r.hold.source, "client_ids": list(r.hold.client_ids),
                              "rules": list(r.rules), "until": rfc3339(r.hold.until) if r.hold.until else None,
@@ -353,7 +355,7 @@ def _request_json(request: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
 @click.pass_obj
 def requests_list(state: State, fmt: str) -> None:
     """Every erasure request, oldest first, with what it would change now and its recorded outcome."""
-    previews = engine.request_preview(state.config, state.env, utc_now(), None)
+    previews = inspection.request_preview(state.config, state.env, utc_now(), None)
     if fmt == "json":
         click.echo(as_json([_request_json(request, rows) for request, rows in previews]))
         return
@@ -371,7 +373,7 @@ def requests_list(state: State, fmt: str) -> None:
 @click.pass_obj
 def requests_show(state: State, request_id: str, fmt: str) -> None:
     """One request: per rule and store, what it would change now, and what a run changed (with its audit file)."""
-    ((request, rows),) = engine.request_preview(state.config, state.env, utc_now(), request_id)
+    ((request, rows),) = inspection.request_preview(state.config, state.env, utc_now(), request_id)
     if fmt == "json":
         click.echo(as_json(_request_json(request, rows)))
         return

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pymongo.collection import Collection
 
-from retention import engine
+from retention import inspect as inspection
+from retention import run as coordinator
 from retention.audit import generate_keypair, load_private_key, verify
 from retention.config import load_config
 from retention.errors import UsageError
@@ -308,9 +309,9 @@ def _run_demo(directory: Path, now: datetime, echo: Callable[[str], None], mongo
     if not s3_url:
         echo("(moto is not installed, so the S3 rule is left out: pip install 'moto[server]')\n")
     echo("== retention plan  (a dry run: nothing changes)\n")
-    echo(report(engine.plan(config, env, now), "table") + "\n")
+    echo(report(inspection.plan(config, env, now), "table") + "\n")
     echo("== retention run\n")
-    result = engine.run(config, env, now, lambda: max(now, datetime.now(now.tzinfo)))
+    result = coordinator.run(config, env, now, lambda: max(now, datetime.now(now.tzinfo)))
     echo(report(result, "table") + "\n")
     echo("== retention audit verify\n")
     assert config.audit is not None and config.audit.signing_key is not None

@@ -219,3 +219,23 @@ def test_a_short_pseudonym_key_is_refused_with_a_way_to_make_one(secret: str, sa
     result = sandbox.cli("run", env={"RETENTION_PSEUDONYM_KEY": secret})
     assert 2 == result.exit_code and [] == audit_files(sandbox)
     assert "32 bytes" in result.stderr and "openssl rand" in result.stderr and secret not in result.stderr
+
+
+def test_a_postgres_job_never_loads_the_s3_or_mongodb_libraries(tmp_path: Path, pg_store: PostgresStore) -> None:
+    """`check`, `plan` and `run` of a PostgreSQL-only config import neither boto3/botocore nor pymongo/bson."""
+    pg_store.standard_schema()
+    seed_clients(pg_store, NOW)
+    box = make_sandbox(tmp_path / "sandbox", pg_store)
+    box.write(COOKIE_RULE + END_USER_RULE)
+    script = f"""
+import sys
+from click.testing import CliRunner
+from retention.cli import main
+for verb in ("check", "plan", "run"):
+    result = CliRunner().invoke(main, ["--config", {str(box.config)!r}, verb])
+    assert result.exit_code == 0, result.output
+print(",".join(m for m in ("boto3", "botocore", "pymongo", "bson") if m in sys.modules) or "none")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, **box.env()}, check=False)
+    assert "none" == result.stdout.strip(), result.stdout + result.stderr

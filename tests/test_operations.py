@@ -179,7 +179,7 @@ def test_people_at_a_terminal_see_a_bar_per_rule(sandbox: Sandbox, monkeypatch: 
     import io
     from datetime import UTC, datetime
 
-    from retention import engine
+    from retention import run as coordinator
     from retention.config import load_config
     from retention.progress import Bars
     from retention.settings import Environment
@@ -191,7 +191,7 @@ def test_people_at_a_terminal_see_a_bar_per_rule(sandbox: Sandbox, monkeypatch: 
     stream = Terminal()
     for name, value in sandbox.env().items():
         monkeypatch.setenv(name, value)
-    report = engine.run(load_config(sandbox.config), Environment(), datetime.now(UTC), lambda: datetime.now(UTC),
+    report = coordinator.run(load_config(sandbox.config), Environment(), datetime.now(UTC), lambda: datetime.now(UTC),
                         progress=Bars(stream))
     assert 0 == report.exit_code
     assert "cookies" in stream.getvalue() and "3000/3000" in stream.getvalue()

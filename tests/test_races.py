@@ -11,7 +11,7 @@ import pytest
 
 from connectors.sql import PostgresConnector
 from retention.config import load_config
-from retention.engine import compile_rule
+from retention.units import compile_rule
 from tests.conformance import COOKIE_RULE, END_USER_RULE, add_cookies, seed_clients
 from tests.conftest import NOW
 from tests.helpers import make_sandbox

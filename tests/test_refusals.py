@@ -73,7 +73,7 @@ def test_isolation_costs_a_few_statements_per_refused_record(tmp_path: Path, pg_
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    from retention import engine
+    from retention import run as coordinator
     from retention.config import load_config
     from retention.settings import Environment
 
@@ -95,7 +95,7 @@ def test_isolation_costs_a_few_statements_per_refused_record(tmp_path: Path, pg_
 
         event.listen(Engine, "before_cursor_execute", count)
         try:
-            engine.run(load_config(box.config), Environment(box.env()), NOW, lambda: NOW + timedelta(seconds=1))
+            coordinator.run(load_config(box.config), Environment(box.env()), NOW, lambda: NOW + timedelta(seconds=1))
         finally:
             event.remove(Engine, "before_cursor_execute", count)
         return len(seen)

@@ -283,7 +283,7 @@ def test_a_stop_during_a_request_ends_it_between_batches_and_blames_it(sandbox: 
                                                                        mongo_store: MongoStore,
                                                                        pg_store: PostgresStore) -> None:
     """The stop reaches a request's batches; rule_failed(Interrupted) names the request's unit, not a finished rule."""
-    from retention import engine
+    from retention import run as coordinator
     from retention.config import load_config
     from retention.settings import Environment
 
@@ -296,7 +296,7 @@ def test_a_stop_during_a_request_ends_it_between_batches_and_blames_it(sandbox: 
         wanted = ("batch_applied", "r-16", "sessions")
         return any((e["event"], e.get("request"), e.get("rule")) == wanted for e in lines)
 
-    report = engine.run(config, Environment(sandbox.env()), NOW, lambda: NOW + timedelta(seconds=1),
+    report = coordinator.run(config, Environment(sandbox.env()), NOW, lambda: NOW + timedelta(seconds=1),
                         should_stop=stop)
     assert (1, "interrupted") == (report.exit_code, report.status)
     assert 1 == mongo_store.database["sessions"].count_documents({})  # batch size 2 of 3: one batch ran

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import boto3
 
-from retention import engine
+from retention import run as coordinator
 from retention.audit import generate_keypair
 from retention.config import load_config
 from retention.settings import Environment
@@ -66,7 +66,7 @@ action = "delete"
 max_fraction = 1.0
 """)
     progress = StopAfterFirstBatch()
-    report = engine.run(load_config(config_path), Environment(), datetime.now(UTC), lambda: datetime.now(UTC),
+    report = coordinator.run(load_config(config_path), Environment(), datetime.now(UTC), lambda: datetime.now(UTC),
                         should_stop=lambda: progress.stop, progress=progress)
     left = s3.list_objects_v2(Bucket=bucket, Prefix="uploads/").get("KeyCount", 0)
     assert report.interrupted or report.rules[0].status == "interrupted"

@@ -1,0 +1,178 @@
+"""Executing one work unit against its store: assess, change batch by batch, record what happened.
+
+Rules and erasure requests take this one path: one stop signal, one exception handler, one isolation of
+refused records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from retention.audit import AuditWriter
+from retention.config import Config
+from retention.connector import Connector
+from retention.errors import RetentionError
+from retention.model import Counts
+from retention.progress import Progress
+from retention.redact import error_summary
+from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, RuleReport
+from retention.stores import Stores
+from retention.timeutil import rfc3339
+from retention.units import RuleWork, threshold_reason, with_registry
+
+log = structlog.get_logger("retention")
+
+
+class Interrupted(BaseException):
+    """A stop was asked for (SIGTERM, SIGINT): raised between batches, so no batch is ever half-applied."""
+
+def report_for(work: RuleWork) -> RuleReport:
+    rule = work.rule
+    cutoff = work.selection.age.cutoff if work.selection.age else None
+    return RuleReport(rule.name, rule.policy, rule.connector, rule.target, work.action.kind, cutoff,
+                      request=work.request)
+
+def assess(connectors: Stores, work: RuleWork, report: RuleReport) -> tuple[RuleWork, Counts | None]:
+    """Check the target and count; fill the report. No counts when the rule cannot go on."""
+    connector = connectors[work.rule.connector]
+    problems = connector.check(work.selection, work.action)
+    if work.selection.held.problem:
+        problems.append(work.selection.held.problem)
+    if problems:
+        report.status, report.error = ERROR, "; ".join(problems)
+        return work, None
+    work = with_registry(work, connectors)
+    counts = connector.count(work.selection)
+    report.total, report.matched, report.held, report.unknown_age = (counts.total, counts.matched, counts.held,
+                                                                     counts.unknown_age)
+    report.statement = connector.statement(work.selection, work.action)
+    if counts.held:  # what keeps them: the holds in scope, else the store's own lock (S3 Object Lock)
+        erasure = work.selection.erasure
+        report.held_by = work.selection.held.holding(erasure.client_id if erasure else None) or (
+            f"{work.rule.connector}'s own lock (Object Lock)",)
+    if work.request is None and (reason := threshold_reason(work.rule, counts)):
+        report.status, report.error = OVER_THRESHOLD, reason
+    return work, counts
+
+@dataclass
+class Executor:
+    """Runs units (a rule, or a rule serving one erasure request) the same way: one path, one stop signal."""
+
+    connectors: Stores
+    audit: AuditWriter
+    id_key: bytes | None
+    config: Config
+    dry_run: bool
+    should_stop: Callable[[], bool]
+    progress: Progress
+
+    def enforce(self, work: RuleWork, report: RuleReport) -> None:
+        """Assess, then change batch by batch; a failure is recorded as this unit's and the run goes on.
+
+        A stop request ends the unit between batches: it records its own interruption, then re-raises.
+        """
+        rule, audit = work.rule, self.audit
+        request = {"request": work.request, "reason": work.reason} if work.request else {}
+        structlog.contextvars.bind_contextvars(rule=rule.name, connector=rule.connector, request=work.request)
+        audit.event("rule_started", rule=rule.name, connector=rule.connector, target=rule.target,
+                    action=work.action.kind, cutoff=rfc3339(report.cutoff) if report.cutoff else None,
+                    holds=list(work.selection.held.holds), **request)
+        started = time.monotonic()
+        try:
+            self._enforce(work, report, started)
+        except (Interrupted, KeyboardInterrupt):
+            report.status = INTERRUPTED
+            report.error = "interrupted; the batch in flight was committed or rolled back whole"
+            self._failed(work, report, "Interrupted", report.error, started)
+            raise
+        except Exception as exc:  # whatever it is, it is this unit's failure, never the run's crash
+            error_class, message = error_summary(exc)
+            if isinstance(exc, TargetProblem):
+                error_class = "TargetProblem"
+            report.status, report.error = ERROR, message
+            self._failed(work, report, error_class, message, started)
+        finally:
+            structlog.contextvars.unbind_contextvars("rule", "connector", "request")
+
+    def _enforce(self, work: RuleWork, report: RuleReport, started: float) -> None:
+        rule, audit = work.rule, self.audit
+        request: dict[str, object] = {"request": work.request} if work.request else {}
+        connector = self.connectors[rule.connector]
+        work, counts = assess(self.connectors, work, report)
+        if counts is None:
+            raise TargetProblem(report.error or "")
+        if report.status == OVER_THRESHOLD:
+            audit.event("rule_skipped", rule=rule.name, reason="threshold", detail=report.error,
+                        matched=counts.matched, total=counts.total, max_fraction=str(rule.max_fraction),
+                        max_records=rule.max_records)
+            log.warning("rule_skipped", reason=report.error)
+            return
+        refusals: dict[str, int] = {}
+        unsettled = 0
+        if not self.dry_run:
+            self.progress.start(rule.name, counts.matched)
+            for batch in connector.apply(work.selection, work.action, batch_size=self.config.batch_size(rule),
+                                         limit=counts.matched, id_key=self.id_key, should_stop=self.should_stop):
+                if batch.blocked or batch.unsettled:
+                    report.blocked += batch.blocked
+                    unsettled += batch.unsettled
+                    if batch.refusal:
+                        refusals[batch.refusal] = refusals.get(batch.refusal, 0) + batch.blocked
+                    continue
+                self.progress.advance(batch.count)
+                fields = {}
+                if self.id_key:
+                    fields["ids_digest"] = audit.record_ids("changed", rule.name, batch.ids)[1]
+                report.changed += batch.count
+                audit.event("batch_applied", rule=rule.name, action=work.action.kind, count=batch.count,
+                            **request, **fields)
+                log.debug("batch_applied", count=batch.count, changed=report.changed)
+            self.progress.finish()
+            if self.should_stop():
+                raise Interrupted  # every batch the store finished is in the log; no new one was started
+        if refusals or unsettled:
+            raise RecordsRefused(_refused_message(rule.target, report.blocked, refusals, unsettled))
+        if work.request is not None:  # a request is done only when a fresh count finds nothing of it left
+            report.remaining = counts.matched if self.dry_run else connector.count(work.selection).matched
+            request["remaining"] = report.remaining
+        held_fields = self._record_held(connector, work, counts) if self.id_key else {}
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        audit.event("rule_finished", rule=rule.name, total=report.total, matched=report.matched,
+                    changed=report.changed, held=report.held, blocked=report.blocked, unknown_age=report.unknown_age,
+                    duration_ms=report.duration_ms, **request, **held_fields)
+        log.info("rule_finished", matched=report.matched, changed=report.changed, held=report.held,
+                 unknown_age=report.unknown_age, duration_ms=report.duration_ms)
+
+    def _failed(self, work: RuleWork, report: RuleReport, error_class: str, message: str, started: float) -> None:
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        request = {"request": work.request} if work.request else {}
+        self.audit.event("rule_failed", rule=report.name, error_class=error_class, message=message,
+                         changed=report.changed, blocked=report.blocked, **request)
+        log.error("rule_failed", error_class=error_class, error=message, changed=report.changed)
+
+    def _record_held(self, connector: Connector, work: RuleWork, counts: Counts) -> dict[str, object]:
+        """Name the held records in the sidecar by keyed hash, streamed in chunks."""
+        assert self.id_key is not None
+        chunks = connector.held_ids(work.selection, self.config.batch_size(work.rule), self.id_key) \
+            if counts.held else iter(())
+        lines, digest = self.audit.record_ids("held", work.rule.name, (value for chunk in chunks for value in chunk))
+        return {"held_ids": lines, "held_ids_digest": digest}
+
+def _refused_message(target: str, blocked: int, refusals: dict[str, int], unsettled: int) -> str:
+    """Why a rule ended in error although its other records were changed: what the store refused."""
+    causes = "; ".join(f"{count} x {reason}" for reason, count in sorted(refusals.items()))
+    message = f"the store refused to change {blocked} records of {target} ({causes})" if blocked else ""
+    if unsettled:
+        message += ("; " if message else "") + (f"{unsettled} records of {target} in refused batches were left for "
+                                                "the next run (isolation budget spent)")
+    return message + "; every other record was changed"
+
+class RecordsRefused(RetentionError):
+    """The store refused to change some records of the rule (isolated and counted as blocked)."""
+
+class TargetProblem(RetentionError):
+    """The rule's target failed its checks (the message names fields and tables)."""

@@ -1,0 +1,236 @@
+"""The coordinator of a run: keys, locks, holds read under the lock, the audit log, the WORM copy, metrics."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from retention import __version__
+from retention.audit import AuditWriter, fingerprint, load_private_key
+from retention.audit.writer import ChainHead, run_files
+from retention.config import Config
+from retention.connector import Connector
+from retention.errors import AuditError, ConfigError, KeyProblem, UsageError
+from retention.execute import Executor, Interrupted, report_for
+from retention.holds import load_holds
+from retention.lock import host_lock, run_lock
+from retention.metrics import write_metrics
+from retention.progress import Progress, Silent
+from retention.redact import error_summary
+from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, Report
+from retention.requests import (
+    RequestOutcome,
+    mark,
+    no_rule_problem,
+    read_requests,
+    serving_rules,
+)
+from retention.secrets import RECORD_ID_LABEL, TRANSFORM_LABEL, derive
+from retention.settings import Environment
+from retention.stores import open_connectors
+from retention.timeutil import rfc3339
+from retention.units import RuleWork, compile_rule, request_work, select_rules
+
+if TYPE_CHECKING:  # botocore only when a WORM copy is configured: a PostgreSQL job never loads it
+    from retention.audit.worm import WormCopy
+
+log = structlog.get_logger("retention")
+
+
+Clock = Callable[[], datetime]
+
+MIN_SECRET_BYTES = 32  # of the pseudonym root secret: HMAC keys shorter than the hash are guessable
+
+def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_names: Sequence[str] = (),
+        dry_run: bool = False, clock_override: bool = False, should_stop: Callable[[], bool] = lambda: False,
+        progress: Progress | None = None) -> Report:
+    """Enforce the rules at `now`, batch by batch, writing and signing the audit log as it goes."""
+    if now > clock():
+        raise UsageError(f"--now {rfc3339(now)} is later than the current time; a run may not expire records early")
+    rules = select_rules(config, rule_names)
+    keys = _run_keys(config, env)
+    id_key = keys.record_ids
+
+    assert config.audit is not None  # _run_keys has checked
+    worm_config = config.audit.worm
+    extra = [name for name in (worm_config.connector if worm_config else None, config.job.lock_connector) if name]
+    with open_connectors(config, env, rules, also=extra) as connectors, run_lock(config.job.state_dir), \
+            host_lock(connectors.get(config.job.lock_connector or "")):
+        holds = load_holds(config, connectors)  # read under the lock, just before anything changes
+        works = [compile_rule(config, rule, now, keys.transform, holds) for rule in rules]
+        run_id = uuid.uuid4().hex[:16]
+        worm, remote_head, worm_error = _open_worm(config, connectors)
+        try:
+            audit = AuditWriter(config.audit.dir, run_id, clock(), clock, keys.signing, hashed_ids=id_key is not None,
+                                remote_head=remote_head)
+        except AuditError as exc:
+            raise ConfigError(str(exc), source=str(config.path), key="audit.dir") from None
+        structlog.contextvars.bind_contextvars(run_id=run_id)
+        report = Report(now, is_run=True, dry_run=dry_run, run_id=run_id, audit_file=audit.path,
+                        audit_copy_error=worm_error)
+        audit.event("run_started", tool_version=__version__, config_sha256=config.sha256, host=socket.gethostname(),
+                    user=_user(), now=rfc3339(now), clock_override=clock_override, dry_run=dry_run,
+                    rules=[rule.name for rule in rules], public_key_fingerprint=fingerprint(keys.signing.public_key()),
+                    previous_incomplete=audit.previous_incomplete, record_ids="hashed" if id_key else "none")
+        log.info("run_started", dry_run=dry_run, now=rfc3339(now), rules=len(rules),
+                 previous_incomplete=audit.previous_incomplete)
+        started = time.monotonic()
+        try:
+            executor = Executor(connectors, audit, id_key, config, dry_run, should_stop, progress or Silent())
+            for work in works:
+                if should_stop():
+                    raise Interrupted
+                rule_report = report_for(work)
+                report.rules.append(rule_report)
+                executor.enforce(work, rule_report)
+            if config.requests:
+                partial = {rule.name for rule in rules} != {rule.name for rule in config.rules}
+                _serve_requests(config, executor, report, [compile_rule(config, rule, now, keys.transform, holds)
+                                                           for rule in rules], partial, clock)
+        except (Interrupted, KeyboardInterrupt):
+            report.interrupted = True  # the unit in flight has recorded its own interruption
+        except Exception as exc:  # a defect of ours: recorded, and the log still signed with status failed
+            report.errors.append(_unexpected(exc))
+            log.error("run_failed", error=report.errors[-1])
+        finally:
+            _finish(audit, report, started, id_key is not None)
+            if worm:
+                _copy_to_worm(worm, audit, config.audit.dir, report, clock())
+            if config.job.metrics_file:
+                try:
+                    write_metrics(config.job.metrics_file, report, config.job.state_dir, clock())
+                except OSError as exc:
+                    log.error("metrics_not_written", error=exc.strerror, path=str(config.job.metrics_file))
+            structlog.contextvars.unbind_contextvars("run_id")
+    return report
+
+def _serve_requests(config: Config, executor: Executor, report: Report, works: Sequence[RuleWork], partial: bool,
+                    clock: Clock) -> None:
+    """Serve every pending erasure request through each rule able to find its records, then write back the outcome.
+
+    Each (rule, request) pair is a unit of the same executor as the rules; one request's failure is recorded as
+    that request's and the others still run.
+    """
+    audit = executor.audit
+    try:
+        pending = read_requests(config, executor.connectors, pending_only=True)
+    except Exception as exc:  # an unreadable table, or rows no request can be made of
+        error_class, message = error_summary(exc)
+        report.errors.append(f"erasure requests: {message}")
+        audit.event("rule_failed", rule="[requests]", error_class=error_class, message=message, changed=0)
+        log.error("requests_unreadable", error=message)
+        return
+    for request in pending:
+        if executor.should_stop():
+            raise Interrupted
+        outcome = RequestOutcome(request, partial=partial)
+        report.requests.append(outcome)
+        serving = [work for work in works if work.rule in serving_rules([work.rule], request)]
+        problem = request.problem or (None if serving else no_rule_problem(request))
+        if problem:
+            outcome.errors.append(problem)
+            audit.event("rule_failed", rule="[requests]", request=request.id, error_class="RequestProblem",
+                        message=problem, changed=0)
+            log.error("request_refused", request=request.id, error=problem)
+        for work in serving if not problem else ():
+            unit = request_work(work, request)
+            rule_report = report_for(unit)
+            outcome.rules.append(rule_report)
+            executor.enforce(unit, rule_report)
+        if not executor.dry_run:
+            try:
+                mark(config, executor.connectors, outcome, audit.run_id, str(audit.path.resolve()), clock())
+            except Exception as exc:
+                outcome.errors.append(f"the outcome could not be written back: {error_summary(exc)[1]}")
+        log.info("request_processed", request=request.id, status=outcome.status, rules=len(outcome.rules))
+
+def _unexpected(exc: BaseException) -> str:
+    error_class, message = error_summary(exc)
+    return f"{error_class}: {message}"
+
+def _open_worm(config: Config, connectors: dict[str, Connector]
+               ) -> tuple[WormCopy | None, ChainHead | None, str | None]:
+    """The WORM copy, if configured, and the newest run it holds (or why it could not be read)."""
+    assert config.audit is not None
+    settings = config.audit.worm
+    if settings is None:
+        return None, None, None
+    from retention.audit.worm import WormCopy
+
+    worm = WormCopy(getattr(connectors[settings.connector], "client", None), settings.bucket, settings.prefix,
+                    settings.retain_days)
+    try:
+        return worm, worm.head(), None
+    except AuditError as exc:
+        return worm, None, str(exc)
+
+def _finish(audit: AuditWriter, report: Report, started: float, hashed_ids: bool) -> None:
+    """Write run_finished with the totals and sign the log."""
+    structlog.contextvars.unbind_contextvars("rule", "connector", "request")
+    units = [*report.rules, *(unit for outcome in report.requests for unit in outcome.rules)]
+    totals = {name: sum(getattr(unit, name) for unit in units)
+              for name in ("matched", "changed", "held", "unknown_age")}
+    extra: dict[str, object] = {"ids_sha256": audit.ids_sha256()} if hashed_ids else {}
+    if report.errors:
+        extra["errors"] = report.errors
+    audit.event("run_finished", status=report.status, exit_code=report.exit_code,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                rules_failed=sum(unit.status in (ERROR, INTERRUPTED) for unit in units),
+                rules_skipped=sum(unit.status == OVER_THRESHOLD for unit in units),
+                requests_failed=sum(outcome.failed for outcome in report.requests), **totals, **extra)
+    audit.close()
+    log.info("run_finished", status=report.status, exit_code=report.exit_code, audit_file=str(audit.path), **totals)
+
+def _copy_to_worm(worm: WormCopy, audit: AuditWriter, directory: Path, report: Report, now: datetime) -> None:
+    """Upload this run's files, and every earlier run the bucket is missing; a failure fails the run (exit 1).
+
+    Earlier runs that died unsigned go too: this run's signed log chains to them, which seals their bytes, and
+    the batches they applied must be preserved off the host like any other.
+    """
+    try:
+        earlier = [path for run in run_files(directory) if run.name < audit.path.name
+                   for path in (run, run.with_name(run.name + ".sig"), run.with_name(run.name[:-6] + ".ids"))
+                   if path.exists()]
+        worm.upload([*worm.missing(earlier), *audit.files()], now)
+    except AuditError as exc:
+        report.audit_copy_error = str(exc)
+        log.error("audit_copy_failed", error=str(exc))
+
+@dataclass(frozen=True)
+class RunKeys:
+    signing: Ed25519PrivateKey
+    transform: bytes | None  # the hmac transform's key
+    record_ids: bytes | None  # the audit sidecar's key, when record ids are hashed
+
+def _run_keys(config: Config, env: Environment) -> RunKeys:
+    """Every key a run needs, loaded before anything connects: a missing or unsafe one is exit 2."""
+    if config.audit is None:
+        raise ConfigError("`run` needs an [audit] table (dir, signing_key)", source=str(config.path), key="audit")
+    if config.audit.signing_key is None:
+        raise ConfigError("is required for `run`: the path of an Ed25519 private key (retention audit keygen)",
+                          source=str(config.path), key="audit.signing_key")
+    signing = load_private_key(Path(env.resolve(config.audit.signing_key, secret=False)))  # a path, not a secret
+    root = env.resolve(config.pseudonym_key) if config.pseudonym_key else None
+    if root is not None and len(root.encode("utf-8")) < MIN_SECRET_BYTES:
+        raise KeyProblem(f"is {len(root.encode('utf-8'))} bytes; pseudonyms and record ids need a secret of at "
+                         f"least {MIN_SECRET_BYTES} bytes: make one with `openssl rand -hex 32`",
+                         source=str(config.path), key="secrets.pseudonym_key")
+    hashed = root is not None and config.audit.record_ids == "hashed"
+    return RunKeys(signing, derive(root, TRANSFORM_LABEL) if root else None,
+                   derive(root, RECORD_ID_LABEL) if root and hashed else None)
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
