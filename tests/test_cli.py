@@ -160,6 +160,7 @@ def test_no_personal_data_reaches_logs_or_audit_files(kind: str, tmp_path: Path,
                  ["schedule", "--once"], ["holds", "list"], ["audit", "verify"], ["audit", "list"],
                  ["-v", "-v", "plan"], ["connectors"]):
         result = box.cli(*args)
+        assert 0 == result.exit_code, f"{args}: {result.stdout}{result.stderr}"  # a grep of a failure proves nothing
         outputs.append(result.stdout + result.stderr)
     run_id = json.loads(box.cli("audit", "list", "--format", "json").stdout)[0]["run_id"]
     outputs.append(box.cli("audit", "show", run_id).stdout)
