@@ -9,7 +9,7 @@ version of it remains. Object Lock (retention or legal hold) is never bypassed: 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,12 +79,9 @@ class S3Connector(ConnectorDefaults):
         self._pool.shutdown(wait=True)
         self.client.close()
 
-    def read_rows(self, table: str, fields: Sequence[str]) -> Iterator[Mapping[str, Any]]:
-        raise ConnectorError("an S3 bucket holds objects, not rows: keep [clients] and hold or request "
-                             "tables in a database")
-
-    def update_row(self, table: str, key_field: str, key: Any, values: Mapping[str, Any]) -> None:
-        raise ConnectorError("an S3 bucket holds objects, not rows: keep the requests table in a database")
+    def object_client(self) -> Any:
+        """The boto3 client, for the WORM copy of the audit log."""
+        return self.client
 
     # -- targets ---------------------------------------------------------------------------------------------
 

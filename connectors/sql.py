@@ -222,30 +222,6 @@ class SqlConnector(ConnectorDefaults):
             for row in connection.execution_options(stream_results=True, yield_per=5000).execute(select(*columns)):
                 yield dict(row._mapping)
 
-    @contextmanager
-    def advisory_lock(self, key: int) -> Iterator[None]:
-        """A session-level PostgreSQL advisory lock, held on its own connection for the whole run.
-
-        PostgreSQL releases it when that session ends, so a host that dies never leaves the lock behind.
-        """
-        try:
-            connection = self.engine.connect()
-        except sa_exc.DBAPIError as exc:
-            raise ConnectorError(f"cannot reach the database for the run lock: {_db_error(exc.orig)}") from None
-        try:
-            got = connection.execute(select(func.pg_try_advisory_lock(key))).scalar()
-            connection.commit()
-            if not got:
-                raise LockHeld(f"another host holds the run lock (PostgreSQL advisory lock {key} on connector "
-                               f"{self.name}); nothing was changed")
-            try:
-                yield
-            finally:
-                connection.execute(select(func.pg_advisory_unlock(key)))
-                connection.commit()
-        finally:
-            connection.close()
-
     def update_row(self, table_name: str, key_field: str, key: Any, values: Mapping[str, Any]) -> None:
         table = self.table(table_name)
         statement = update(table).where(self._column(table, key_field, "key") == key).values(dict(values))
@@ -460,6 +436,30 @@ class PostgresConnector(SqlConnector):
     options: ClassVar[tuple[Option, ...]] = (
         Option("url", required=True, help="a libpq URL, e.g. postgresql://retention@db:5432/app"),
     )
+
+    @contextmanager
+    def advisory_lock(self, key: int) -> Iterator[None]:
+        """A session-level PostgreSQL advisory lock, held on its own connection for the whole run.
+
+        PostgreSQL releases it when that session ends, so a host that dies never leaves the lock behind.
+        """
+        try:
+            connection = self.engine.connect()
+        except sa_exc.DBAPIError as exc:
+            raise ConnectorError(f"cannot reach the database for the run lock: {_db_error(exc.orig)}") from None
+        try:
+            got = connection.execute(select(func.pg_try_advisory_lock(key))).scalar()
+            connection.commit()
+            if not got:
+                raise LockHeld(f"another host holds the run lock (PostgreSQL advisory lock {key} on connector "
+                               f"{self.name}); nothing was changed")
+            try:
+                yield
+            finally:
+                connection.execute(select(func.pg_advisory_unlock(key)))
+                connection.commit()
+        finally:
+            connection.close()
 
     @staticmethod
     def _driver_url(url: str) -> str:

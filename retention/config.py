@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from retention.connector import ConnectorType, connector_type
+from retention.connector import ConnectorType, HostLock, ObjectStore, RowTables, capable, connector_type
 from retention.errors import ConfigError
 from retention.model import ClientRegistry, Transform
 from retention.settings import Section, Setting, is_missing
@@ -204,17 +204,18 @@ def _parse(top: Section, path: Path, sha256: str) -> Config:
     if job.lock_connector and connectors.get(job.lock_connector) is None:
         raise ConfigError(f"unknown connector {job.lock_connector!r}; defined: {', '.join(connectors)}",
                           source=top.source, key="job.lock.connector")
-    if job.lock_connector and connectors[job.lock_connector].type != "postgres":
-        raise ConfigError("the cross-host lock is a PostgreSQL advisory lock: name a postgres connector",
-                          source=top.source, key="job.lock.connector")
+    if job.lock_connector and not capable(types[job.lock_connector], HostLock):
+        raise ConfigError(f"connector {job.lock_connector!r} cannot hold a lock across hosts: name a postgres "
+                          "connector (a PostgreSQL advisory lock)", source=top.source, key="job.lock.connector")
     if audit and audit.record_ids == "":
         audit = dataclasses.replace(audit, record_ids="hashed" if pseudonym_key else "none")
     if audit and audit.worm and connectors.get(audit.worm.connector, None) is None:
         raise ConfigError(f"unknown connector {audit.worm.connector!r}; defined: {', '.join(connectors)}",
                           source=top.source, key="audit.s3.connector")
-    if audit and audit.worm and connectors[audit.worm.connector].type != "s3":
-        raise ConfigError("the WORM copy needs an s3 connector (S3 Object Lock keeps it unalterable)",
-                          source=top.source, key="audit.s3.connector")
+    if audit and audit.worm and not capable(types[audit.worm.connector], ObjectStore):
+        raise ConfigError(f"connector {audit.worm.connector!r} is no object store: the WORM copy needs an s3 "
+                          "connector (S3 Object Lock keeps it unalterable)", source=top.source,
+                          key="audit.s3.connector")
     return Config(path, sha256, job, audit, pseudonym_key, connectors, clients, holds, rules, holds_source, requests)
 
 
@@ -297,10 +298,14 @@ def _connectors(section: Section) -> tuple[dict[str, ConnectorConfig], dict[str,
 
 
 def _connector_table(section: Section, connectors: dict[str, ConnectorConfig], what: str) -> tuple[str, str]:
-    """A section's `connector` (which must be defined) and its `table` (or `collection`)."""
+    """A section's `connector` (which must be defined and hold tables of rows) and its `table` (`collection`)."""
     connector = section.get("connector", str)
     if connector not in connectors:
         raise section.error("connector", f"unknown connector {connector!r}; defined: {', '.join(connectors)}")
+    kind = connector_type(connectors[connector].type, source=section.source, key=section.key("connector"))
+    if not capable(kind, RowTables):
+        raise section.error("connector", f"a {connectors[connector].type} connector cannot hold a table of {what}: "
+                                         "name a database or MongoDB connector")
     table = section.get("table", str, None) or section.get("collection", str, None)
     if not table:
         raise section.error("table", f"is required (the table, or `collection` on MongoDB, of {what})")

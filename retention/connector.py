@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
@@ -41,14 +42,6 @@ class Connector(Protocol):
 
     def close(self) -> None: ...
 
-    def read_rows(self, table: str, fields: Sequence[str]) -> Iterator[Mapping[str, Any]]:
-        """Every row of a small table of this store (a client registry, legal holds), as `fields` -> value."""
-        ...
-
-    def update_row(self, table: str, key_field: str, key: Any, values: Mapping[str, Any]) -> None:
-        """Set `values` on the row whose `key_field` is `key` (an erasure request's status and result)."""
-        ...
-
     def check(self, selection: Selection, action: Action) -> list[str]:
         """Problems that would stop the rule: missing target or field, unusable type. Empty when fine."""
         ...
@@ -71,6 +64,41 @@ class Connector(Protocol):
         batch starts; batches already under way finish and are yielded.
         """
         ...
+
+
+# -- capabilities: optional abilities a connector type declares by having the methods; checked at config load ----
+
+
+@runtime_checkable
+class RowTables(Protocol):
+    """A store that holds small tables of rows: the client registry, legal holds, erasure requests."""
+
+    def read_rows(self, table: str, fields: Sequence[str]) -> Iterator[Mapping[str, Any]]:
+        """Every row of a small table of this store, as `fields` -> value."""
+        ...
+
+    def update_row(self, table: str, key_field: str, key: Any, values: Mapping[str, Any]) -> None:
+        """Set `values` on the row whose `key_field` is `key` (an erasure request's status and result)."""
+        ...
+
+
+@runtime_checkable
+class HostLock(Protocol):
+    """A store that can hold a lock for the whole run across hosts, released when its holder dies."""
+
+    def advisory_lock(self, key: int) -> AbstractContextManager[None]: ...
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """A store the WORM copy of the audit log can be written to (an S3 client, with Object Lock)."""
+
+    def object_client(self) -> Any: ...
+
+
+def capable(kind: object, capability: type) -> bool:
+    """Whether a connector type (a class) has a capability: every method the protocol names."""
+    return isinstance(kind, type) and issubclass(kind, capability)
 
 
 class ConnectorType(Protocol):

@@ -30,11 +30,13 @@ log = structlog.get_logger("retention")
 class Interrupted(BaseException):
     """A stop was asked for (SIGTERM, SIGINT): raised between batches, so no batch is ever half-applied."""
 
+
 def report_for(work: RuleWork) -> RuleReport:
     rule = work.rule
     cutoff = work.selection.age.cutoff if work.selection.age else None
     return RuleReport(rule.name, rule.policy, rule.connector, rule.target, work.action.kind, cutoff,
                       request=work.request)
+
 
 def assess(connectors: Stores, work: RuleWork, report: RuleReport) -> tuple[RuleWork, Counts | None]:
     """Check the target and count; fill the report. No counts when the rule cannot go on."""
@@ -57,6 +59,7 @@ def assess(connectors: Stores, work: RuleWork, report: RuleReport) -> tuple[Rule
     if work.request is None and (reason := threshold_reason(work.rule, counts)):
         report.status, report.error = OVER_THRESHOLD, reason
     return work, counts
+
 
 @dataclass
 class Executor:
@@ -162,6 +165,7 @@ class Executor:
         lines, digest = self.audit.record_ids("held", work.rule.name, (value for chunk in chunks for value in chunk))
         return {"held_ids": lines, "held_ids_digest": digest}
 
+
 def _refused_message(target: str, blocked: int, refusals: dict[str, int], unsettled: int) -> str:
     """Why a rule ended in error although its other records were changed: what the store refused."""
     causes = "; ".join(f"{count} x {reason}" for reason, count in sorted(refusals.items()))
@@ -171,8 +175,10 @@ def _refused_message(target: str, blocked: int, refusals: dict[str, int], unsett
                                                 "the next run (isolation budget spent)")
     return message + "; every other record was changed"
 
+
 class RecordsRefused(RetentionError):
     """The store refused to change some records of the rule (isolated and counted as blocked)."""
+
 
 class TargetProblem(RetentionError):
     """The rule's target failed its checks (the message names fields and tables)."""

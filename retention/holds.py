@@ -9,16 +9,16 @@ from typing import Any
 import structlog
 
 from retention.config import Config, Hold, HoldSource, Rule
-from retention.connector import Connector
 from retention.errors import ConnectorError, RetentionError
 from retention.ids import NotAnId, canonical_id, canonical_ids
 from retention.model import HeldScope
+from retention.stores import Stores
 from retention.timeutil import end_of_day_or_instant
 
 log = structlog.get_logger("retention")
 
 
-def load_holds(config: Config, connectors: Mapping[str, Connector]) -> tuple[Hold, ...]:
+def load_holds(config: Config, connectors: Stores) -> tuple[Hold, ...]:
     """The config's holds and, with [holds_source], every row of the holds table, read now.
 
     A hold that cannot be read stops everything: deleting without knowing the holds could break one.
@@ -28,7 +28,7 @@ def load_holds(config: Config, connectors: Mapping[str, Connector]) -> tuple[Hol
         return config.holds
     fields = [source.name_field, source.client_field, source.rule_field, source.until_field, source.reason_field]
     try:
-        rows = list(connectors[source.connector].read_rows(source.table, fields))
+        rows = list(connectors.rows(source.connector).read_rows(source.table, fields))
     except RetentionError as exc:
         raise ConnectorError(f"cannot read legal holds from {source.connector}:{source.table} ({exc}); "
                              "nothing was changed") from None

@@ -56,6 +56,7 @@ def plan(config: Config, env: Environment, now: datetime, rule_names: Sequence[s
                      matched=rule_report.matched, held=rule_report.held, unknown_age=rule_report.unknown_age)
     return report
 
+
 @dataclass(frozen=True)
 class TargetCheck:
     rule: str
@@ -63,6 +64,7 @@ class TargetCheck:
     problems: tuple[str, ...]
     unreachable: bool = False
     grants: tuple[str, ...] = ()  # GRANT statements that would give the role what the rules need
+
 
 def check(config: Config, env: Environment, now: datetime) -> list[TargetCheck]:
     """Connect to every connector and confirm each rule's target and fields exist with usable types."""
@@ -105,14 +107,16 @@ def check(config: Config, env: Environment, now: datetime) -> list[TargetCheck]:
                                                                 "statements below",), grants=grants))
     return results
 
+
 def _check_rows(connectors: Stores, label: str, connector: str, table: str, fields: Sequence[str]) -> TargetCheck:
     """A table of rows (requests, holds) exists and has the configured fields."""
     try:
-        with closing(iter(connectors[connector].read_rows(table, list(fields)))) as rows:  # type: ignore[type-var]
+        with closing(iter(connectors.rows(connector).read_rows(table, list(fields)))) as rows:  # type: ignore[type-var]
             next(rows, None)
     except RetentionError as exc:
         return TargetCheck(label, f"{connector}:{table}", (str(exc),))
     return TargetCheck(label, f"{connector}:{table}", ())
+
 
 @dataclass(frozen=True)
 class HoldReport:
@@ -122,6 +126,7 @@ class HoldReport:
     rules: tuple[str, ...]
     records: int
     errors: tuple[str, ...] = ()
+
 
 def hold_reports(config: Config, env: Environment, now: datetime) -> list[HoldReport]:
     """Every hold in force at `now`, each counted on its own against the rules it applies to."""
@@ -146,6 +151,7 @@ def hold_reports(config: Config, env: Environment, now: datetime) -> list[HoldRe
                     errors.append(f"{rule.name}: {exc}")
             reports.append(HoldReport(hold, tuple(rules), records, tuple(errors)))
     return reports
+
 
 def request_preview(config: Config, env: Environment, now: datetime, request_id: str | None
                     ) -> list[tuple[ErasureRequest, list[dict[str, Any]]]]:

@@ -8,8 +8,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
+from retention.connector import HostLock
 from retention.errors import ConfigError, LockHeld
 
 # The advisory lock's key: the first 8 bytes of SHA-256("retention"), the same on every host.
@@ -17,7 +17,7 @@ ADVISORY_KEY = int.from_bytes(hashlib.sha256(b"retention").digest()[:8], "big", 
 
 
 @contextmanager
-def host_lock(connector: Any) -> Iterator[None]:
+def host_lock(connector: HostLock | None) -> Iterator[None]:
     """With `job.lock`, the PostgreSQL advisory lock that keeps two hosts from enforcing at once."""
     if connector is None:
         yield

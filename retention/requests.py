@@ -17,11 +17,11 @@ from datetime import datetime
 from typing import Any
 
 from retention.config import Config, RequestSource, Rule
-from retention.connector import Connector
 from retention.errors import ConnectorError, RetentionError
 from retention.ids import NotAnId, canonical_id
 from retention.model import Action, Erasure, Selection
 from retention.report import ERROR, INTERRUPTED, RuleReport
+from retention.stores import Stores
 
 CHILD_DATA = "child_data"  # always deleted, whatever the rule's action
 END_USER = "end_user_request"
@@ -95,7 +95,7 @@ class RequestOutcome:
         return {**data, "run_id": run_id, "audit_file": audit_file, "at": at}
 
 
-def read_requests(config: Config, connectors: Mapping[str, Connector], *, pending_only: bool
+def read_requests(config: Config, connectors: Stores, *, pending_only: bool
                   ) -> list[ErasureRequest]:
     """The requests table, oldest first; with `pending_only`, those whose status is pending."""
     source = config.requests
@@ -104,7 +104,7 @@ def read_requests(config: Config, connectors: Mapping[str, Connector], *, pendin
     fields = [source.id_field, source.client_field, source.subject_field, source.reason_field,
               source.received_field, source.status_field, source.result_field]
     try:
-        rows = list(connectors[source.connector].read_rows(source.table, fields))
+        rows = list(connectors.rows(source.connector).read_rows(source.table, fields))
     except RetentionError as exc:
         raise ConnectorError(f"cannot read erasure requests from {source.connector}:{source.table} ({exc})") from None
     requests = [_request(source, row) for row in rows]
@@ -178,7 +178,7 @@ def adapt(selection: Selection, action: Action, rule: Rule, request: ErasureRequ
     return selection, action
 
 
-def mark(config: Config, connectors: Mapping[str, Connector], outcome: RequestOutcome, run_id: str,
+def mark(config: Config, connectors: Stores, outcome: RequestOutcome, run_id: str,
          audit_file: str, now: datetime) -> None:
     """Write the outcome back: done with its counts, or still pending (or failed) with why."""
     source = config.requests
@@ -189,4 +189,4 @@ def mark(config: Config, connectors: Mapping[str, Connector], outcome: RequestOu
                                                               sort_keys=True)}
     if outcome.status == DONE:
         values[source.status_field] = source.done_status
-    connectors[source.connector].update_row(source.table, source.id_field, outcome.request.key, values)
+    connectors.rows(source.connector).update_row(source.table, source.id_field, outcome.request.key, values)

@@ -19,7 +19,6 @@ from retention import __version__
 from retention.audit import AuditWriter, fingerprint, load_private_key
 from retention.audit.writer import ChainHead, run_files
 from retention.config import Config
-from retention.connector import Connector
 from retention.errors import AuditError, ConfigError, KeyProblem, UsageError
 from retention.execute import Executor, Interrupted, report_for
 from retention.holds import load_holds
@@ -37,7 +36,7 @@ from retention.requests import (
 )
 from retention.secrets import RECORD_ID_LABEL, TRANSFORM_LABEL, derive
 from retention.settings import Environment
-from retention.stores import open_connectors
+from retention.stores import Stores, open_connectors
 from retention.timeutil import rfc3339
 from retention.units import RuleWork, compile_rule, request_work, select_rules
 
@@ -50,6 +49,7 @@ log = structlog.get_logger("retention")
 Clock = Callable[[], datetime]
 
 MIN_SECRET_BYTES = 32  # of the pseudonym root secret: HMAC keys shorter than the hash are guessable
+
 
 def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_names: Sequence[str] = (),
         dry_run: bool = False, clock_override: bool = False, should_stop: Callable[[], bool] = lambda: False,
@@ -65,7 +65,7 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
     worm_config = config.audit.worm
     extra = [name for name in (worm_config.connector if worm_config else None, config.job.lock_connector) if name]
     with open_connectors(config, env, rules, also=extra) as connectors, run_lock(config.job.state_dir), \
-            host_lock(connectors.get(config.job.lock_connector or "")):
+            host_lock(connectors.host_lock(config.job.lock_connector)):
         holds = load_holds(config, connectors)  # read under the lock, just before anything changes
         works = [compile_rule(config, rule, now, keys.transform, holds) for rule in rules]
         run_id = uuid.uuid4().hex[:16]
@@ -114,6 +114,7 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
             structlog.contextvars.unbind_contextvars("run_id")
     return report
 
+
 def _serve_requests(config: Config, executor: Executor, report: Report, works: Sequence[RuleWork], partial: bool,
                     clock: Clock) -> None:
     """Serve every pending erasure request through each rule able to find its records, then write back the outcome.
@@ -154,11 +155,13 @@ def _serve_requests(config: Config, executor: Executor, report: Report, works: S
                 outcome.errors.append(f"the outcome could not be written back: {error_summary(exc)[1]}")
         log.info("request_processed", request=request.id, status=outcome.status, rules=len(outcome.rules))
 
+
 def _unexpected(exc: BaseException) -> str:
     error_class, message = error_summary(exc)
     return f"{error_class}: {message}"
 
-def _open_worm(config: Config, connectors: dict[str, Connector]
+
+def _open_worm(config: Config, connectors: Stores
                ) -> tuple[WormCopy | None, ChainHead | None, str | None]:
     """The WORM copy, if configured, and the newest run it holds (or why it could not be read)."""
     assert config.audit is not None
@@ -167,12 +170,13 @@ def _open_worm(config: Config, connectors: dict[str, Connector]
         return None, None, None
     from retention.audit.worm import WormCopy
 
-    worm = WormCopy(getattr(connectors[settings.connector], "client", None), settings.bucket, settings.prefix,
+    worm = WormCopy(connectors.object_store(settings.connector).object_client(), settings.bucket, settings.prefix,
                     settings.retain_days)
     try:
         return worm, worm.head(), None
     except AuditError as exc:
         return worm, None, str(exc)
+
 
 def _finish(audit: AuditWriter, report: Report, started: float, hashed_ids: bool) -> None:
     """Write run_finished with the totals and sign the log."""
@@ -191,6 +195,7 @@ def _finish(audit: AuditWriter, report: Report, started: float, hashed_ids: bool
     audit.close()
     log.info("run_finished", status=report.status, exit_code=report.exit_code, audit_file=str(audit.path), **totals)
 
+
 def _copy_to_worm(worm: WormCopy, audit: AuditWriter, directory: Path, report: Report, now: datetime) -> None:
     """Upload this run's files, and every earlier run the bucket is missing; a failure fails the run (exit 1).
 
@@ -206,11 +211,13 @@ def _copy_to_worm(worm: WormCopy, audit: AuditWriter, directory: Path, report: R
         report.audit_copy_error = str(exc)
         log.error("audit_copy_failed", error=str(exc))
 
+
 @dataclass(frozen=True)
 class RunKeys:
     signing: Ed25519PrivateKey
     transform: bytes | None  # the hmac transform's key
     record_ids: bytes | None  # the audit sidecar's key, when record ids are hashed
+
 
 def _run_keys(config: Config, env: Environment) -> RunKeys:
     """Every key a run needs, loaded before anything connects: a missing or unsafe one is exit 2."""
@@ -228,6 +235,7 @@ def _run_keys(config: Config, env: Environment) -> RunKeys:
     hashed = root is not None and config.audit.record_ids == "hashed"
     return RunKeys(signing, derive(root, TRANSFORM_LABEL) if root else None,
                    derive(root, RECORD_ID_LABEL) if root and hashed else None)
+
 
 def _user() -> str:
     try:

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 
 from retention.config import Config, Rule
-from retention.connector import Connector, connector_type
+from retention.connector import Connector, HostLock, ObjectStore, RowTables, connector_type
 from retention.errors import ConfigError
 from retention.model import ClientRegistry
 from retention.settings import Environment
@@ -26,9 +26,29 @@ class Stores(dict[str, Connector]):
 
     def registry_rows(self, registry: ClientRegistry) -> list[Mapping[str, Any]]:
         if registry not in self._registry_rows:
-            self._registry_rows[registry] = list(self[registry.connector].read_rows(
+            self._registry_rows[registry] = list(self.rows(registry.connector).read_rows(
                 registry.table, [registry.id_field, registry.status_field, registry.ended_at_field]))
         return self._registry_rows[registry]
+
+    def rows(self, name: str) -> RowTables:
+        """The connector holding a table of rows; the config has made sure it can."""
+        connector = self[name]
+        if not isinstance(connector, RowTables):
+            raise ConfigError(f"connector {name!r} holds no tables of rows")
+        return connector
+
+    def host_lock(self, name: str | None) -> HostLock | None:
+        connector = self[name] if name else None
+        if connector is not None and not isinstance(connector, HostLock):
+            raise ConfigError(f"connector {name!r} cannot hold a lock across hosts")
+        return connector
+
+    def object_store(self, name: str) -> ObjectStore:
+        connector = self[name]
+        if not isinstance(connector, ObjectStore):
+            raise ConfigError(f"connector {name!r} is no object store")
+        return connector
+
 
 @contextmanager
 def open_connectors(config: Config, env: Environment, rules: Sequence[Rule], also: Sequence[str] = ()

@@ -25,6 +25,7 @@ log = structlog.get_logger("retention")
 
 PLAN_KEY = bytes(32)  # stands in for the HMAC key in statements `plan` shows: plan needs no secret
 
+
 @dataclass(frozen=True)
 class RuleWork:
     """One rule, compiled for its store: the unit a run executes."""
@@ -35,15 +36,18 @@ class RuleWork:
     request: str | None = None  # set: this unit serves one erasure request (no thresholds; counted again after)
     reason: str | None = None
 
+
 def request_work(work: RuleWork, request: ErasureRequest) -> RuleWork:
     """The same rule, aimed at one erasure request's records."""
     selection, action = adapt(work.selection, work.action, work.rule, request)
     return RuleWork(work.rule, selection, action, request.id, request.reason)
 
+
 def select_rules(config: Config, names: Sequence[str]) -> list[Rule]:
     for name in names:
         config.rule(name)  # raises with the known names
     return [rule for rule in config.rules if not names or rule.name in names]
+
 
 def compile_rule(config: Config, rule: Rule, now: datetime, hmac_key: bytes | None,
                  holds: Sequence[Hold] | None = None) -> RuleWork:
@@ -62,6 +66,7 @@ def compile_rule(config: Config, rule: Rule, now: datetime, hmac_key: bytes | No
                           dict(rule.scope), now)
     return RuleWork(rule, selection, Action(rule.action, rule.marker, rule.transforms, now, hmac_key))
 
+
 def with_registry(work: RuleWork, connectors: Stores) -> RuleWork:
     """Give a rule the registry's verdict on clients when the registry lives in another store than its records.
 
@@ -72,6 +77,7 @@ def with_registry(work: RuleWork, connectors: Stores) -> RuleWork:
         return work
     states = judge(connectors.registry_rows(client.registry), client.registry, client.ended_before)
     return replace(work, selection=replace(work.selection, client=replace(client, states=states)))
+
 
 def threshold_reason(rule: Rule, counts: Counts) -> str | None:
     if rule.max_records is not None and counts.matched > rule.max_records:

@@ -172,3 +172,30 @@ def test_a_client_hold_must_name_its_rules_when_a_rule_cannot_tell_clients(tmp_p
     assert 2 == code and "holds[0].client_ids" in output and "'cookies'" in output
     code, output = check_offline(tmp_path, BASE + ANON + '[[holds]]\nname = "h"\nclient_ids = [1]\nrules = ["users"]\n')
     assert 0 == code, output
+
+
+S3_CONNECTOR = '\n[connectors.files]\ntype = "s3"\n'
+
+
+@pytest.mark.parametrize(("extra", "key", "said"), [
+    ('[requests]\nconnector = "files"\ntable = "requests"\n', "requests.connector", "cannot hold a table"),
+    ('[holds_source]\nconnector = "files"\ntable = "holds"\n', "holds_source.connector", "cannot hold a table"),
+    ('[clients]\nconnector = "files"\ntable = "clients"\n', "clients.connector", "cannot hold a table"),
+])
+def test_a_table_of_rows_on_an_object_store_is_a_config_error(tmp_path: Path, extra: str, key: str, said: str
+                                                              ) -> None:
+    """Requests, holds and the registry need a store of rows: pointing them at S3 is caught offline, exit 2."""
+    code, output = check_offline(tmp_path, BASE.replace("[clients]\nconnector = \"app\"\ntable = \"clients\"\n", "")
+                                 + S3_CONNECTOR + extra)
+    assert 2 == code and key in output and said in output, output
+
+
+def test_capabilities_of_the_lock_and_the_worm_copy_are_checked_offline(tmp_path: Path) -> None:
+    """A cross-host lock on SQLite, or a WORM copy on PostgreSQL, is refused before anything connects."""
+    sqlite = BASE.replace('type = "postgres"\nurl = "${APP_DATABASE_URL}"', 'type = "sql"\nurl = "sqlite:///x.db"')
+    code, output = check_offline(tmp_path, sqlite.replace("[audit]", '[job]\nlock = { connector = "app" }\n[audit]'))
+    assert 2 == code and "job.lock.connector" in output and "cannot hold a lock" in output, output
+    worm = BASE.replace('signing_key = "${RETENTION_AUDIT_KEY}"', 'signing_key = "${RETENTION_AUDIT_KEY}"\n'
+                        's3 = { connector = "app", bucket = "b", retain_days = 1 }')
+    code, output = check_offline(tmp_path, worm)
+    assert 2 == code and "audit.s3.connector" in output and "no object store" in output, output
