@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import structlog
 
 from retention.audit import AuditWriter
+from retention.audit.events import BatchApplied, RuleFailed, RuleFinished, RuleSkipped, RuleStarted
 from retention.config import Config
 from retention.connector import Connector
 from retention.errors import RetentionError
@@ -79,11 +80,10 @@ class Executor:
         A stop request ends the unit between batches: it records its own interruption, then re-raises.
         """
         rule, audit = work.rule, self.audit
-        request = {"request": work.request, "reason": work.reason} if work.request else {}
         structlog.contextvars.bind_contextvars(rule=rule.name, connector=rule.connector, request=work.request)
-        audit.event("rule_started", rule=rule.name, connector=rule.connector, target=rule.target,
-                    action=work.action.kind, cutoff=rfc3339(report.cutoff) if report.cutoff else None,
-                    holds=list(work.selection.held.holds), **request)
+        audit.event(RuleStarted(rule.name, rule.connector, rule.target, work.action.kind,
+                                rfc3339(report.cutoff) if report.cutoff else None, list(work.selection.held.holds),
+                                work.request, work.reason))
         started = time.monotonic()
         try:
             self._enforce(work, report, started)
@@ -103,15 +103,13 @@ class Executor:
 
     def _enforce(self, work: RuleWork, report: RuleReport, started: float) -> None:
         rule, audit = work.rule, self.audit
-        request: dict[str, object] = {"request": work.request} if work.request else {}
         connector = self.connectors[rule.connector]
         work, counts = assess(self.connectors, work, report)
         if counts is None:
             raise TargetProblem(report.error or "")
         if report.status == OVER_THRESHOLD:
-            audit.event("rule_skipped", rule=rule.name, reason="threshold", detail=report.error,
-                        matched=counts.matched, total=counts.total, max_fraction=str(rule.max_fraction),
-                        max_records=rule.max_records)
+            audit.event(RuleSkipped(rule.name, "threshold", report.error, counts.matched, counts.total,
+                                    str(rule.max_fraction), rule.max_records))
             log.warning("rule_skipped", reason=report.error)
             return
         refusals: dict[str, int] = {}
@@ -127,12 +125,9 @@ class Executor:
                         refusals[batch.refusal] = refusals.get(batch.refusal, 0) + batch.blocked
                     continue
                 self.progress.advance(batch.count)
-                fields = {}
-                if self.id_key:
-                    fields["ids_digest"] = audit.record_ids("changed", rule.name, batch.ids)[1]
+                digest = audit.record_ids("changed", rule.name, batch.ids)[1] if self.id_key else None
                 report.changed += batch.count
-                audit.event("batch_applied", rule=rule.name, action=work.action.kind, count=batch.count,
-                            **request, **fields)
+                audit.event(BatchApplied(rule.name, work.action.kind, batch.count, work.request, digest))
                 log.debug("batch_applied", count=batch.count, changed=report.changed)
             self.progress.finish()
             if self.should_stop():
@@ -141,29 +136,27 @@ class Executor:
             raise RecordsRefused(_refused_message(rule.target, report.blocked, refusals, unsettled))
         if work.request is not None:  # a request is done only when a fresh count finds nothing of it left
             report.remaining = counts.matched if self.dry_run else connector.count(work.selection).matched
-            request["remaining"] = report.remaining
-        held_fields = self._record_held(connector, work, counts) if self.id_key else {}
+        held_ids, held_digest = self._record_held(connector, work, counts) if self.id_key else (None, None)
         report.duration_ms = int((time.monotonic() - started) * 1000)
-        audit.event("rule_finished", rule=rule.name, total=report.total, matched=report.matched,
-                    changed=report.changed, held=report.held, blocked=report.blocked, unknown_age=report.unknown_age,
-                    duration_ms=report.duration_ms, **request, **held_fields)
+        audit.event(RuleFinished(rule.name, report.total, report.matched, report.changed, report.held, report.blocked,
+                                 report.unknown_age, report.duration_ms, work.request, report.remaining, held_ids,
+                                 held_digest))
         log.info("rule_finished", matched=report.matched, changed=report.changed, held=report.held,
                  unknown_age=report.unknown_age, duration_ms=report.duration_ms)
 
     def _failed(self, work: RuleWork, report: RuleReport, error_class: str, message: str, started: float) -> None:
         report.duration_ms = int((time.monotonic() - started) * 1000)
-        request = {"request": work.request} if work.request else {}
-        self.audit.event("rule_failed", rule=report.name, error_class=error_class, message=message,
-                         changed=report.changed, blocked=report.blocked, **request)
+        self.audit.event(RuleFailed(report.name, error_class, message, report.changed, report.blocked,
+                                    work.request))
         log.error("rule_failed", error_class=error_class, error=message, changed=report.changed)
 
-    def _record_held(self, connector: Connector, work: RuleWork, counts: Counts) -> dict[str, object]:
+    def _record_held(self, connector: Connector, work: RuleWork, counts: Counts) -> tuple[int, str]:
         """Name the held records in the sidecar by keyed hash, streamed in chunks."""
         assert self.id_key is not None
         chunks = connector.held_ids(work.selection, self.config.batch_size(work.rule), self.id_key) \
             if counts.held else iter(())
         lines, digest = self.audit.record_ids("held", work.rule.name, (value for chunk in chunks for value in chunk))
-        return {"held_ids": lines, "held_ids_digest": digest}
+        return lines, digest
 
 
 def _refused_message(target: str, blocked: int, refusals: dict[str, int], unsettled: int) -> str:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from retention import __version__
 from retention.audit import AuditWriter, fingerprint, load_private_key
+from retention.audit.events import RuleFailed, RunFiles, RunFinished, RunStarted
 from retention.audit.writer import ChainHead, run_files
 from retention.config import Config
 from retention.errors import AuditError, ConfigError, KeyProblem, UsageError
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # botocore only when a WORM copy is configured: a PostgreSQL 
     from retention.audit.worm import WormCopy
 
 log = structlog.get_logger("retention")
+REQUESTS = "[requests]"  # the `rule` of a failure that belongs to the requests table or one request, not a rule
 
 
 Clock = Callable[[], datetime]
@@ -78,10 +80,10 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
         structlog.contextvars.bind_contextvars(run_id=run_id)
         report = Report(now, is_run=True, dry_run=dry_run, run_id=run_id, audit_file=audit.path,
                         audit_copy_error=worm_error)
-        audit.event("run_started", tool_version=__version__, config_sha256=config.sha256, host=socket.gethostname(),
-                    user=_user(), now=rfc3339(now), clock_override=clock_override, dry_run=dry_run,
-                    rules=[rule.name for rule in rules], public_key_fingerprint=fingerprint(keys.signing.public_key()),
-                    previous_incomplete=audit.previous_incomplete, record_ids="hashed" if id_key else "none")
+        audit.event(RunStarted(__version__, config.sha256, socket.gethostname(), _user(), rfc3339(now),
+                               clock_override, dry_run, [rule.name for rule in rules],
+                               fingerprint(keys.signing.public_key()), audit.previous_incomplete,
+                               "hashed" if id_key else "none"))
         log.info("run_started", dry_run=dry_run, now=rfc3339(now), rules=len(rules),
                  previous_incomplete=audit.previous_incomplete)
         started = time.monotonic()
@@ -128,7 +130,7 @@ def _serve_requests(config: Config, executor: Executor, report: Report, works: S
     except Exception as exc:  # an unreadable table, or rows no request can be made of
         error_class, message = error_summary(exc)
         report.errors.append(f"erasure requests: {message}")
-        audit.event("rule_failed", rule="[requests]", error_class=error_class, message=message, changed=0)
+        audit.event(RuleFailed(REQUESTS, error_class, message, 0, 0))
         log.error("requests_unreadable", error=message)
         return
     for request in pending:
@@ -140,8 +142,7 @@ def _serve_requests(config: Config, executor: Executor, report: Report, works: S
         problem = request.problem or (None if serving else no_rule_problem(request))
         if problem:
             outcome.errors.append(problem)
-            audit.event("rule_failed", rule="[requests]", request=request.id, error_class="RequestProblem",
-                        message=problem, changed=0)
+            audit.event(RuleFailed(REQUESTS, "RequestProblem", problem, 0, 0, request.id))
             log.error("request_refused", request=request.id, error=problem)
         for work in serving if not problem else ():
             unit = request_work(work, request)
@@ -184,14 +185,11 @@ def _finish(audit: AuditWriter, report: Report, started: float, hashed_ids: bool
     units = [*report.rules, *(unit for outcome in report.requests for unit in outcome.rules)]
     totals = {name: sum(getattr(unit, name) for unit in units)
               for name in ("matched", "changed", "held", "unknown_age")}
-    extra: dict[str, object] = {"ids_sha256": audit.ids_sha256()} if hashed_ids else {}
-    if report.errors:
-        extra["errors"] = report.errors
-    audit.event("run_finished", status=report.status, exit_code=report.exit_code,
-                duration_ms=int((time.monotonic() - started) * 1000),
-                rules_failed=sum(unit.status in (ERROR, INTERRUPTED) for unit in units),
-                rules_skipped=sum(unit.status == OVER_THRESHOLD for unit in units),
-                requests_failed=sum(outcome.failed for outcome in report.requests), **totals, **extra)
+    audit.event(RunFinished(report.status, report.exit_code, int((time.monotonic() - started) * 1000),
+                            sum(unit.status in (ERROR, INTERRUPTED) for unit in units),
+                            sum(unit.status == OVER_THRESHOLD for unit in units),
+                            sum(outcome.failed for outcome in report.requests), **totals,
+                            ids_sha256=audit.ids_sha256() if hashed_ids else None, errors=report.errors or None))
     audit.close()
     log.info("run_finished", status=report.status, exit_code=report.exit_code, audit_file=str(audit.path), **totals)
 
@@ -204,8 +202,7 @@ def _copy_to_worm(worm: WormCopy, audit: AuditWriter, directory: Path, report: R
     """
     try:
         earlier = [path for run in run_files(directory) if run.name < audit.path.name
-                   for path in (run, run.with_name(run.name + ".sig"), run.with_name(run.name[:-6] + ".ids"))
-                   if path.exists()]
+                   for path in RunFiles(run).existing()]
         worm.upload([*worm.missing(earlier), *audit.files()], now)
     except AuditError as exc:
         report.audit_copy_error = str(exc)

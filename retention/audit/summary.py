@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retention.audit.writer import RUN_FILE
+from retention.audit.events import RUN_FILE, RunFiles
 
 
 @dataclass
@@ -38,7 +38,7 @@ def summarize(path: Path) -> RunSummary:
     """What a run file says, read leniently: a damaged line ends the reading (`audit verify` judges)."""
     match = RUN_FILE.match(path.name)
     summary = RunSummary(path, match.group(2) if match else path.stem,
-                         signed=path.with_name(path.name + ".sig").exists())
+                         signed=RunFiles(path).signed)
     rules: dict[str, dict[str, Any]] = {}
     for raw in path.read_bytes().splitlines():
         try:

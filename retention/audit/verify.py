@@ -12,7 +12,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from retention.audit.writer import EVENTS, GENESIS, RUN_FILE, sha256_hex
+from retention.audit.events import EVENTS, RUN_FILE, RunFiles
+from retention.audit.writer import GENESIS, sha256_hex
 
 OK = "ok"
 BAD_SIGNATURE = "bad signature"
@@ -84,17 +85,14 @@ def _collect(paths: Sequence[Path]) -> tuple[list[Path], list[Path], bool]:
 
 
 def _is_companion(path: Path) -> bool:
-    for suffix in (".jsonl.sig", ".ids"):
-        if path.name.endswith(suffix):
-            stem = path.name[: -len(suffix)]
-            return bool(RUN_FILE.match(stem + ".jsonl")) and (path.parent / (stem + ".jsonl")).exists()
-    return False
+    log = RunFiles.companion_of(path)
+    return log is not None and log.exists()
 
 
 def _check_file(path: Path, keys: Sequence[Ed25519PublicKey]) -> RunCheck:
     try:
         data = path.read_bytes()
-        signature_path = path.with_name(path.name + ".sig")
+        signature_path = RunFiles(path).signature
         signature = signature_path.read_bytes() if signature_path.exists() else None
     except OSError as exc:
         return RunCheck(path, BROKEN_CHAIN, detail=f"unreadable: {exc.strerror}")
@@ -165,7 +163,7 @@ def _check_sidecar(path: Path, events: list[dict[str, Any]]) -> str | None:
     expected_total = events[-1].get("ids_sha256")
     if expected_total is None:
         return None
-    ids_path = path.with_name(path.name[: -len(".jsonl")] + ".ids")
+    ids_path = RunFiles(path).ids
     try:
         data = ids_path.read_bytes()
     except OSError:

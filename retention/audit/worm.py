@@ -15,7 +15,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retention.audit.writer import RUN_FILE, ChainHead
+from retention.audit.events import RUN_FILE
+from retention.audit.writer import ChainHead
 from retention.errors import AuditError
 
 

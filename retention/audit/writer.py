@@ -6,7 +6,6 @@ import hashlib
 import itertools
 import json
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,13 +14,11 @@ from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from retention.audit.events import RUN_FILE, AuditEvent, RunFiles
 from retention.errors import AuditError
 from retention.timeutil import rfc3339
 
 GENESIS = "0" * 64
-RUN_FILE = re.compile(r"^(\d{8}T\d{12}Z)-([0-9a-f]+)\.jsonl$")
-EVENTS = frozenset({"run_started", "rule_started", "batch_applied", "rule_finished", "rule_skipped", "rule_failed",
-                    "run_finished"})
 
 
 def canonical(event: dict[str, Any]) -> bytes:
@@ -70,7 +67,7 @@ def local_head(directory: Path) -> ChainHead | None:
     if not existing:
         return None
     head = existing[-1]
-    return ChainHead(head.name, sha256_hex(head.read_bytes()), head.with_name(head.name + ".sig").exists())
+    return ChainHead(head.name, sha256_hex(head.read_bytes()), RunFiles(head).signed)
 
 
 class AuditWriter:
@@ -92,7 +89,8 @@ class AuditWriter:
             if head_stamp >= name:
                 # the clock went back: keep the order of names equal to the order of runs
                 name = stamp(datetime.strptime(head_stamp, "%Y%m%dT%H%M%S%fZ") + timedelta(microseconds=1))
-            self.path = directory / f"{name}-{run_id}.jsonl"
+            self.names = RunFiles.of(directory, name, run_id)
+            self.path = self.names.log
             self.previous_incomplete = bool(head and not head.signed)
             self._prev = head.sha256 if head else GENESIS
             self._file: BinaryIO = open(self.path, "xb")  # noqa: SIM115 - open for the whole run
@@ -103,17 +101,16 @@ class AuditWriter:
 
     @property
     def ids_path(self) -> Path:
-        return self.path.with_name(self.path.name[: -len(".jsonl")] + ".ids")
+        return self.names.ids
 
     @property
     def hashed_ids(self) -> bool:
         return self._ids is not None
 
-    def event(self, name: str, **fields: Any) -> None:
+    def event(self, event: AuditEvent) -> None:
         """Append one event line and flush it to disk, so a crash loses at most the line being written."""
-        assert name in EVENTS, name
-        line = canonical({**fields, "seq": self._seq, "ts": rfc3339(self._clock()), "run_id": self.run_id,
-                          "event": name, "prev": self._prev})
+        line = canonical({**event.fields(), "seq": self._seq, "ts": rfc3339(self._clock()), "run_id": self.run_id,
+                          "event": event.event, "prev": self._prev})
         self._file.write(line + b"\n")
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -143,7 +140,7 @@ class AuditWriter:
         if self._ids is not None:
             self._ids.close()
         signature = self._key.sign(self.path.read_bytes())
-        signature_path = self.path.with_name(self.path.name + ".sig")
+        signature_path = self.names.signature
         temporary = signature_path.with_name(signature_path.name + ".tmp")
         temporary.write_bytes(signature)
         os.replace(temporary, signature_path)
@@ -151,5 +148,4 @@ class AuditWriter:
 
     def files(self) -> list[Path]:
         """The run's files: log, signature and (when record ids are hashed) the sidecar."""
-        signature = self.path.with_name(self.path.name + ".sig")
-        return [self.path, signature, *([self.ids_path] if self._ids is not None else [])]
+        return [self.path, self.names.signature, *([self.ids_path] if self._ids is not None else [])]
