@@ -7,15 +7,12 @@ refused records.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import structlog
 
-from retention.audit import AuditWriter
-from retention.audit.events import BatchApplied, RuleFailed, RuleFinished, RuleSkipped, RuleStarted
 from retention.config import Config
-from retention.connector import Connector
 from retention.errors import RetentionError
 from retention.model import Counts
 from retention.progress import Progress
@@ -62,55 +59,110 @@ def assess(connectors: Stores, work: RuleWork, report: RuleReport) -> tuple[Rule
     return work, counts
 
 
+# -- what executing a unit yields: outcomes, in order; the coordinator turns them into the audit log ------------
+
+
+@dataclass(frozen=True)
+class Started:
+    """The unit began: its cutoff and the holds in its scope."""
+
+    cutoff: str | None
+    holds: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A safety threshold stopped the unit before it changed anything."""
+
+    reason: str
+    matched: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One batch committed: how many records, named by keyed hash when record ids are hashed."""
+
+    count: int
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HeldIds:
+    """Keyed hashes of records legal holds keep, one chunk."""
+
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The unit ended; its counts are in its report."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The unit failed or was interrupted; the run goes on (or, interrupted, stops after this)."""
+
+    error_class: str
+    message: str
+
+
+Outcome = Started | Skipped | Applied | HeldIds | Finished | Failed
+
+
 @dataclass
 class Executor:
-    """Runs units (a rule, or a rule serving one erasure request) the same way: one path, one stop signal."""
+    """Runs units (a rule, or a rule serving one erasure request) the same way: one path, one stop signal.
+
+    It changes the store and yields what happened; it never writes the audit log, never holds the signing key.
+    """
 
     connectors: Stores
-    audit: AuditWriter
-    id_key: bytes | None
+    id_key: bytes | None  # the record-id key (derived), to name records by keyed hash
     config: Config
     dry_run: bool
     should_stop: Callable[[], bool]
     progress: Progress
 
-    def enforce(self, work: RuleWork, report: RuleReport) -> None:
-        """Assess, then change batch by batch; a failure is recorded as this unit's and the run goes on.
+    def execute(self, work: RuleWork, report: RuleReport) -> Iterator[Outcome]:
+        """Assess, then change batch by batch; a failure is this unit's own, and the run goes on.
 
-        A stop request ends the unit between batches: it records its own interruption, then re-raises.
+        A stop request ends the unit between batches: it yields its interruption, then raises Interrupted.
         """
-        rule, audit = work.rule, self.audit
+        rule = work.rule
         structlog.contextvars.bind_contextvars(rule=rule.name, connector=rule.connector, request=work.request)
-        audit.event(RuleStarted(rule.name, rule.connector, rule.target, work.action.kind,
-                                rfc3339(report.cutoff) if report.cutoff else None, list(work.selection.held.holds),
-                                work.request, work.reason))
+        yield Started(rfc3339(report.cutoff) if report.cutoff else None, work.selection.held.holds)
         started = time.monotonic()
         try:
-            self._enforce(work, report, started)
+            yield from self._execute(work, report)
+            report.duration_ms = int((time.monotonic() - started) * 1000)
         except (Interrupted, KeyboardInterrupt):
             report.status = INTERRUPTED
             report.error = "interrupted; the batch in flight was committed or rolled back whole"
-            self._failed(work, report, "Interrupted", report.error, started)
+            report.duration_ms = int((time.monotonic() - started) * 1000)
+            log.error("rule_failed", error_class="Interrupted", error=report.error, changed=report.changed)
+            yield Failed("Interrupted", report.error)
             raise
         except Exception as exc:  # whatever it is, it is this unit's failure, never the run's crash
             error_class, message = error_summary(exc)
             if isinstance(exc, TargetProblem):
                 error_class = "TargetProblem"
             report.status, report.error = ERROR, message
-            self._failed(work, report, error_class, message, started)
+            report.duration_ms = int((time.monotonic() - started) * 1000)
+            log.error("rule_failed", error_class=error_class, error=message, changed=report.changed)
+            yield Failed(error_class, message)
         finally:
             structlog.contextvars.unbind_contextvars("rule", "connector", "request")
 
-    def _enforce(self, work: RuleWork, report: RuleReport, started: float) -> None:
-        rule, audit = work.rule, self.audit
+    def _execute(self, work: RuleWork, report: RuleReport) -> Iterator[Outcome]:
+        rule = work.rule
         connector = self.connectors[rule.connector]
         work, counts = assess(self.connectors, work, report)
         if counts is None:
             raise TargetProblem(report.error or "")
         if report.status == OVER_THRESHOLD:
-            audit.event(RuleSkipped(rule.name, "threshold", report.error, counts.matched, counts.total,
-                                    str(rule.max_fraction), rule.max_records))
             log.warning("rule_skipped", reason=report.error)
+            yield Skipped(report.error or "", counts.matched, counts.total)
             return
         refusals: dict[str, int] = {}
         unsettled = 0
@@ -125,9 +177,8 @@ class Executor:
                         refusals[batch.refusal] = refusals.get(batch.refusal, 0) + batch.blocked
                     continue
                 self.progress.advance(batch.count)
-                digest = audit.record_ids("changed", rule.name, batch.ids)[1] if self.id_key else None
                 report.changed += batch.count
-                audit.event(BatchApplied(rule.name, work.action.kind, batch.count, work.request, digest))
+                yield Applied(batch.count, batch.ids)
                 log.debug("batch_applied", count=batch.count, changed=report.changed)
             self.progress.finish()
             if self.should_stop():
@@ -136,27 +187,12 @@ class Executor:
             raise RecordsRefused(_refused_message(rule.target, report.blocked, refusals, unsettled))
         if work.request is not None:  # a request is done only when a fresh count finds nothing of it left
             report.remaining = counts.matched if self.dry_run else connector.count(work.selection).matched
-        held_ids, held_digest = self._record_held(connector, work, counts) if self.id_key else (None, None)
-        report.duration_ms = int((time.monotonic() - started) * 1000)
-        audit.event(RuleFinished(rule.name, report.total, report.matched, report.changed, report.held, report.blocked,
-                                 report.unknown_age, report.duration_ms, work.request, report.remaining, held_ids,
-                                 held_digest))
+        if self.id_key and counts.held:  # the held records, named by keyed hash in chunks
+            for chunk in connector.held_ids(work.selection, self.config.batch_size(rule), self.id_key):
+                yield HeldIds(chunk)
+        yield Finished()
         log.info("rule_finished", matched=report.matched, changed=report.changed, held=report.held,
-                 unknown_age=report.unknown_age, duration_ms=report.duration_ms)
-
-    def _failed(self, work: RuleWork, report: RuleReport, error_class: str, message: str, started: float) -> None:
-        report.duration_ms = int((time.monotonic() - started) * 1000)
-        self.audit.event(RuleFailed(report.name, error_class, message, report.changed, report.blocked,
-                                    work.request))
-        log.error("rule_failed", error_class=error_class, error=message, changed=report.changed)
-
-    def _record_held(self, connector: Connector, work: RuleWork, counts: Counts) -> tuple[int, str]:
-        """Name the held records in the sidecar by keyed hash, streamed in chunks."""
-        assert self.id_key is not None
-        chunks = connector.held_ids(work.selection, self.config.batch_size(work.rule), self.id_key) \
-            if counts.held else iter(())
-        lines, digest = self.audit.record_ids("held", work.rule.name, (value for chunk in chunks for value in chunk))
-        return lines, digest
+                 unknown_age=report.unknown_age)
 
 
 def _refused_message(target: str, blocked: int, refusals: dict[str, int], unsettled: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import hashlib
 import socket
 import time
 import uuid
@@ -17,17 +18,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from retention import __version__
 from retention.audit import AuditWriter, fingerprint, load_private_key
-from retention.audit.events import RuleFailed, RunFiles, RunFinished, RunStarted
+from retention.audit.events import (
+    BatchApplied,
+    RuleFailed,
+    RuleFinished,
+    RuleSkipped,
+    RuleStarted,
+    RunFiles,
+    RunFinished,
+    RunStarted,
+)
 from retention.audit.writer import ChainHead, run_files
 from retention.config import Config
 from retention.errors import AuditError, ConfigError, KeyProblem, UsageError
-from retention.execute import Executor, Interrupted, report_for
+from retention.execute import Applied, Executor, Finished, HeldIds, Interrupted, Skipped, Started, report_for
 from retention.holds import load_holds
 from retention.lock import host_lock, run_lock
 from retention.metrics import write_metrics
 from retention.progress import Progress, Silent
 from retention.redact import error_summary
-from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, Report
+from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, Report, RuleReport
 from retention.requests import (
     RequestOutcome,
     mark,
@@ -88,17 +98,17 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
                  previous_incomplete=audit.previous_incomplete)
         started = time.monotonic()
         try:
-            executor = Executor(connectors, audit, id_key, config, dry_run, should_stop, progress or Silent())
+            executor = Executor(connectors, id_key, config, dry_run, should_stop, progress or Silent())
+            recorder = Recorder(audit)
             for work in works:
                 if should_stop():
                     raise Interrupted
                 rule_report = report_for(work)
                 report.rules.append(rule_report)
-                executor.enforce(work, rule_report)
+                recorder.unit(executor, work, rule_report)
             if config.requests:
                 partial = {rule.name for rule in rules} != {rule.name for rule in config.rules}
-                _serve_requests(config, executor, report, [compile_rule(config, rule, now, keys.transform, holds)
-                                                           for rule in rules], partial, clock)
+                _serve_requests(config, executor, recorder, report, works, partial, clock)
         except (Interrupted, KeyboardInterrupt):
             report.interrupted = True  # the unit in flight has recorded its own interruption
         except Exception as exc:  # a defect of ours: recorded, and the log still signed with status failed
@@ -117,14 +127,15 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
     return report
 
 
-def _serve_requests(config: Config, executor: Executor, report: Report, works: Sequence[RuleWork], partial: bool,
+def _serve_requests(config: Config, executor: Executor, recorder: Recorder, report: Report, works: Sequence[RuleWork],
+                    partial: bool,
                     clock: Clock) -> None:
     """Serve every pending erasure request through each rule able to find its records, then write back the outcome.
 
     Each (rule, request) pair is a unit of the same executor as the rules; one request's failure is recorded as
     that request's and the others still run.
     """
-    audit = executor.audit
+    audit = recorder.audit
     try:
         pending = read_requests(config, executor.connectors, pending_only=True)
     except Exception as exc:  # an unreadable table, or rows no request can be made of
@@ -148,13 +159,45 @@ def _serve_requests(config: Config, executor: Executor, report: Report, works: S
             unit = request_work(work, request)
             rule_report = report_for(unit)
             outcome.rules.append(rule_report)
-            executor.enforce(unit, rule_report)
+            recorder.unit(executor, unit, rule_report)
         if not executor.dry_run:
             try:
                 mark(config, executor.connectors, outcome, audit.run_id, str(audit.path.resolve()), clock())
             except Exception as exc:
                 outcome.errors.append(f"the outcome could not be written back: {error_summary(exc)[1]}")
         log.info("request_processed", request=request.id, status=outcome.status, rules=len(outcome.rules))
+
+
+@dataclass
+class Recorder:
+    """Turns each unit's outcomes into audit events, in order: the one writer of the log and its sidecar."""
+
+    audit: AuditWriter
+
+    def unit(self, executor: Executor, work: RuleWork, report: RuleReport) -> None:
+        """Execute one unit and record what it yields; an interruption is recorded, then passed on."""
+        rule, audit = work.rule, self.audit
+        held, held_digest = 0, hashlib.sha256()
+        for outcome in executor.execute(work, report):
+            if isinstance(outcome, Started):
+                audit.event(RuleStarted(rule.name, rule.connector, rule.target, work.action.kind, outcome.cutoff,
+                                        list(outcome.holds), work.request, work.reason))
+            elif isinstance(outcome, Skipped):
+                audit.event(RuleSkipped(rule.name, "threshold", outcome.reason, outcome.matched, outcome.total,
+                                        str(rule.max_fraction), rule.max_records))
+            elif isinstance(outcome, Applied):
+                digest = audit.record_ids("changed", rule.name, outcome.ids)[1] if audit.hashed_ids else None
+                audit.event(BatchApplied(rule.name, work.action.kind, outcome.count, work.request, digest))
+            elif isinstance(outcome, HeldIds):
+                held += audit.record_ids("held", rule.name, outcome.ids, into=held_digest)[0]
+            elif isinstance(outcome, Finished):
+                audit.event(RuleFinished(
+                    rule.name, report.total, report.matched, report.changed, report.held, report.blocked,
+                    report.unknown_age, report.duration_ms, work.request, report.remaining,
+                    held if audit.hashed_ids else None, held_digest.hexdigest() if audit.hashed_ids else None))
+            else:
+                audit.event(RuleFailed(report.name, outcome.error_class, outcome.message, report.changed,
+                                       report.blocked, work.request))
 
 
 def _unexpected(exc: BaseException) -> str:

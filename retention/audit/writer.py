@@ -117,8 +117,11 @@ class AuditWriter:
         self._prev = sha256_hex(line)
         self._seq += 1
 
-    def record_ids(self, kind: str, rule: str, hashes: Iterable[str]) -> tuple[int, str]:
-        """Append `kind rule hash` lines to the sidecar; return how many, and the SHA-256 of exactly those lines."""
+    def record_ids(self, kind: str, rule: str, hashes: Iterable[str], into: Any = None) -> tuple[int, str]:
+        """Append `kind rule hash` lines to the sidecar; return how many, and the SHA-256 of exactly those lines.
+
+        `into`, a running SHA-256, is fed the same lines: one digest over lines written in several calls.
+        """
         assert self._ids is not None
         digest, count = hashlib.sha256(), 0
         values = iter(hashes)
@@ -127,6 +130,8 @@ class AuditWriter:
             self._ids.write(data)
             self._ids_hash.update(data)
             digest.update(data)
+            if into is not None:
+                into.update(data)
             count += len(chunk)
         self._ids.flush()
         return count, digest.hexdigest()

@@ -1,0 +1,45 @@
+"""The flow reads one way: cli -> config -> units -> execute -> connectors; outcomes -> run -> the audit writer."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "retention"
+
+
+def imports_of(module: str) -> set[str]:
+    """The retention modules `module` imports (at any depth of its body)."""
+    tree = ast.parse((PACKAGE / f"{module.replace('.', '/')}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("retention"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("retention"))
+    return found
+
+
+def test_the_executor_never_writes_the_audit_log_nor_holds_a_signing_key() -> None:
+    """execute.py yields outcomes; only run.py (the coordinator) imports the audit writer and the keys."""
+    imported = imports_of("execute")
+    assert not {name for name in imported if name.startswith(("retention.audit", "retention.run"))}
+
+
+def test_nothing_below_the_coordinator_imports_it() -> None:
+    """Units, stores, the executor and the read-only verbs never import the coordinator (no upward arrow)."""
+    for module in ("units", "stores", "execute", "inspect", "requests", "holds"):
+        assert not {name for name in imports_of(module) if name.startswith("retention.run")}, module
+
+
+def test_store_libraries_load_only_inside_their_connectors() -> None:
+    """boto3, botocore, pymongo and bson are imported by connectors (and the WORM copy), never by the core."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.name in ("worm.py", "demo.py", "ids.py"):  # loaded only when configured, or lazily inside a function
+            continue
+        tree = ast.parse(path.read_text())
+        top = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+        names = {alias.name for node in top if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module or "" for node in top if isinstance(node, ast.ImportFrom)}
+        assert not {name.split(".")[0] for name in names} & {"boto3", "botocore", "pymongo", "bson"}, path
