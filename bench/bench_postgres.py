@@ -94,7 +94,7 @@ dir = "{work}/audit-{rule}-{record_ids}"
 signing_key = "{work}/private.pem"
 record_ids = "{record_ids}"
 [secrets]
-pseudonym_key = "bench-pseudonym-key"
+pseudonym_key = "bench-pseudonym-root-secret-of-32-bytes-or-more"
 [connectors.app]
 type = "postgres"
 url = "{url}"
