@@ -17,47 +17,8 @@ import bson
 import pymongo
 from sqlalchemy import create_engine, text
 
+from retention.testing.store import Store
 from tests.servers import postgres_bin
-
-
-class Store:
-    """A database the scenarios run on; `type_name` is the connector type that reaches it."""
-
-    type_name = "sql"
-    target_key = "table"
-    id_field = "id"
-    url: str
-    timestamptz = "TIMESTAMP"
-    inet = "TEXT"
-
-    def connector_options(self) -> str:
-        return 'url = "${APP_DATABASE_URL}"'
-
-    def ts(self, value: datetime | None) -> Any:
-        return value
-
-    def day(self, value: date) -> Any:
-        """A calendar date as the store keeps one (a DATE in SQL, a midnight UTC date in BSON)."""
-        return value
-
-    def standard_schema(self) -> None:
-        raise NotImplementedError
-
-    def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
-        raise NotImplementedError
-
-    def find(self, table: str) -> list[dict[str, Any]]:
-        """Every record of `table` as a dict, by ascending id."""
-        raise NotImplementedError
-
-    def update(self, table: str, record_id: Any, values: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def fingerprint(self) -> str:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
 
 
 class SqlStore(Store):
