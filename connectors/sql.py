@@ -31,6 +31,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
 from connectors.sql_dialects import SqlDialect, SqliteDialect, dialect_for, is_timestamp
+from connectors.sql_errors import db_error, refused_by_a_record, transient
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, LockHeld, TargetMissing
 from retention.model import Action, Batch, ClientRegistry, Counts, Selection
@@ -85,7 +86,7 @@ class SqlConnector(ConnectorDefaults):
             except sa_exc.NoSuchTableError:
                 raise TargetMissing(f"table {name} does not exist") from None
             except sa_exc.DBAPIError as exc:
-                raise ConnectorError(f"cannot reach the database: {_db_error(exc.orig)}") from None
+                raise ConnectorError(f"cannot reach the database: {db_error(exc.orig)}") from None
         return self._tables[name]
 
     def _column(self, table: Table, field: str, role: str) -> Column[Any]:
@@ -229,7 +230,7 @@ class SqlConnector(ConnectorDefaults):
             with self.engine.begin() as connection:
                 connection.execute(statement)
         except sa_exc.DBAPIError as exc:
-            raise ConnectorError(f"update of {table_name} failed: {_db_error(exc.orig)}") from None
+            raise ConnectorError(f"update of {table_name} failed: {db_error(exc.orig)}") from None
 
     def _client_predicates(self, table: Any, selection: Selection, locking: bool) -> tuple[ColumnElement[bool], ...]:
         """Expired: every registry row of the client ended before the cutoff. Known: some row has a usable state."""
@@ -390,11 +391,11 @@ class SqlConnector(ConnectorDefaults):
                 return Batch(len(ids), ids)
 
         try:
-            return retrying(run, _transient, what=f"batch on {target}")
+            return retrying(run, transient, what=f"batch on {target}")
         except sa_exc.DBAPIError as exc:
-            if _refused_by_a_record(exc):
-                raise _Refused(_db_error(exc.orig)) from None
-            raise ConnectorError(f"batch failed and was rolled back: {_db_error(exc.orig)}") from None
+            if refused_by_a_record(exc):
+                raise _Refused(db_error(exc.orig)) from None
+            raise ConnectorError(f"batch failed and was rolled back: {db_error(exc.orig)}") from None
 
     def _all(self, statement: Any) -> list[Any]:
         def query() -> list[Any]:
@@ -402,9 +403,9 @@ class SqlConnector(ConnectorDefaults):
                 return list(connection.execute(statement).all())
 
         try:
-            return retrying(query, _transient, what="query")
+            return retrying(query, transient, what="query")
         except sa_exc.DBAPIError as exc:
-            raise ConnectorError(f"query failed: {_db_error(exc.orig)}") from None
+            raise ConnectorError(f"query failed: {db_error(exc.orig)}") from None
 
     def _one(self, statement: Any) -> Any:
         def query() -> Any:
@@ -412,9 +413,9 @@ class SqlConnector(ConnectorDefaults):
                 return connection.execute(statement).one()
 
         try:
-            return retrying(query, _transient, what="count")
+            return retrying(query, transient, what="count")
         except sa_exc.DBAPIError as exc:
-            raise ConnectorError(f"query failed: {_db_error(exc.orig)}") from None
+            raise ConnectorError(f"query failed: {db_error(exc.orig)}") from None
 
 
 ISOLATION_BUDGET = 500  # statements per rule and run spent isolating refused records; the rest waits a night
@@ -446,7 +447,7 @@ class PostgresConnector(SqlConnector):
         try:
             connection = self.engine.connect()
         except sa_exc.DBAPIError as exc:
-            raise ConnectorError(f"cannot reach the database for the run lock: {_db_error(exc.orig)}") from None
+            raise ConnectorError(f"cannot reach the database for the run lock: {db_error(exc.orig)}") from None
         try:
             got = connection.execute(select(func.pg_try_advisory_lock(key))).scalar()
             connection.commit()
@@ -467,60 +468,3 @@ class PostgresConnector(SqlConnector):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix):]
         return url
-
-
-def _transient(error: BaseException) -> bool:
-    """A lost or refused connection: worth another try. Anything the statement itself caused is not."""
-    return isinstance(error, sa_exc.DBAPIError) and (
-        error.connection_invalidated or isinstance(error, sa_exc.OperationalError))
-
-
-# SQLSTATE classes whose PostgreSQL messages name identifiers only (integrity, access, connection, transaction,
-# resources, operator intervention); data exceptions (22) and raised exceptions (P0) quote values
-_NAMES_ONLY = ("08", "23", "40", "42", "53", "55", "57")
-
-
-def _refused_by_a_record(error: sa_exc.DBAPIError) -> bool:
-    """Whether some record of the batch made the store refuse it (so that a smaller batch may pass).
-
-    Integrity and data errors, and errors a trigger raised; not errors of the statement itself (a missing
-    column, a denied privilege), which every smaller batch would meet again.
-    """
-    if isinstance(error, sa_exc.IntegrityError | sa_exc.DataError):
-        return True
-    diag = getattr(error.orig, "diag", None)
-    return diag is not None and bool(diag.sqlstate) and _raised_by_user_code(diag)
-
-
-def _raised_by_user_code(diag: Any) -> bool:
-    """Whether PostgreSQL raised this error on behalf of a procedural language (RAISE in PL/pgSQL, plpy.error…).
-
-    Only the server's own errors have trustworthy fields: user code sets SQLSTATE, message, column, constraint and
-    table to anything, values included. The server says where it raised the error: pl_exec.c, plpy_*.c, plperl.c.
-    """
-    source = diag.source_file or ""
-    return source.startswith("pl") or not source  # no source at all: nothing vouches for the fields
-
-
-def _db_error(error: BaseException | None) -> str:
-    """A driver error in words that name identifiers and never a value: PostgreSQL's structured diagnostics."""
-    if error is None:
-        return "unknown error"
-    name = type(error).__name__
-    diag = getattr(error, "diag", None)
-    if diag is not None and diag.sqlstate and _raised_by_user_code(diag):
-        # a trigger or function chose this error: its SQLSTATE, message and fields are free text
-        return f"{name} (SQLSTATE {diag.sqlstate}) raised by a trigger or function"
-    if diag is not None and diag.sqlstate:
-        table = ".".join(part for part in (diag.schema_name, diag.table_name) if part)
-        named = [f"{what} {value}" for what, value in (("table", table), ("column", diag.column_name),
-                                                          ("constraint", diag.constraint_name),
-                                                          ("type", diag.datatype_name)) if value]
-        words = diag.message_primary if diag.sqlstate[:2] in _NAMES_ONLY and diag.message_primary else ""
-        return f"{name} (SQLSTATE {diag.sqlstate})" + (f": {words}" if words else "") + \
-            (f" [{', '.join(named)}]" if named else "")
-    if diag is not None or type(error).__module__ == "sqlite3":
-        # a connection-level psycopg error (hosts and ports), or SQLite's own words (identifiers only)
-        text = str(error).splitlines()
-        return f"{name}: {text[0].strip()}" if text else name
-    return name  # another driver: its text may quote values
