@@ -43,3 +43,21 @@ def test_store_libraries_load_only_inside_their_connectors() -> None:
         names = {alias.name for node in top if isinstance(node, ast.Import) for alias in node.names}
         names |= {node.module or "" for node in top if isinstance(node, ast.ImportFrom)}
         assert not {name.split(".")[0] for name in names} & {"boto3", "botocore", "pymongo", "bson"}, path
+
+
+def test_work_units_are_picklable_and_equal_after_the_trip() -> None:
+    """A rule's unit and a request's unit survive pickling unchanged, so another process can run them."""
+    import pickle
+    from datetime import UTC, datetime
+
+    from retention.config import load_config
+    from retention.requests import ErasureRequest
+    from retention.units import compile_rule, request_work
+
+    config = load_config(PACKAGE.parent / "config" / "retention.toml")
+    now = datetime(2026, 11, 29, tzinfo=UTC)
+    units = [compile_rule(config, rule, now, bytes(32)) for rule in config.rules]
+    request = ErasureRequest("r-1", "r-1", "c-1", None, "client_instruction", None, "pending", None)
+    units += [request_work(unit, request) for unit in units if unit.rule.client_field]
+    assert len(units) > len(config.rules)
+    assert units == [pickle.loads(pickle.dumps(unit)) for unit in units]  # noqa: S301 - our own bytes
