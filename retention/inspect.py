@@ -178,14 +178,15 @@ def request_preview(config: Config, env: Environment, now: datetime, request_id:
             serving = [] if request.problem else serving_rules(config.rules, request)
             for rule in serving:
                 work = request_work(compile_rule(config, rule, now, PLAN_KEY, holds), request)
-                row: dict[str, Any] = {"rule": rule.name, "connector": rule.connector, "target": rule.target,
-                                       "action": work.action.kind}
-                try:
-                    counts = connectors[rule.connector].count(with_registry(work, connectors).selection)
-                    row.update(would_change=counts.matched, held=counts.held)
+                report = report_for(work)
+                try:  # the same assessment a run makes: target checks, holds in scope, counts
+                    assess(connectors, work, report)
                 except RetentionError as exc:
-                    row.update(would_change=None, held=None, error=str(exc))
-                rows.append(row)
+                    report.status, report.error = ERROR, str(exc)
+                failed = report.status == ERROR
+                rows.append({"rule": rule.name, "connector": rule.connector, "target": rule.target,
+                             "action": work.action.kind, "would_change": None if failed else report.matched,
+                             "held": None if failed else report.held, **({"error": report.error} if failed else {})})
             if not request.problem and not serving:
                 request = replace(request, problem=no_rule_problem(request))
             previews.append((request, rows))

@@ -354,3 +354,12 @@ def test_the_run_table_shows_what_requests_changed(sandbox: Sandbox, pg_store: P
     section = result.stdout.split("Erasure requests:")[1]
     row = next(line for line in section.splitlines() if line.startswith("r-19")).split()
     assert ["r-19", "done", "7", "0"] == row[:4]  # end-users 1, sessions 3, photos 3
+
+
+def test_requests_show_names_a_rule_that_cannot_serve_it(sandbox: Sandbox, pg_store: PostgresStore) -> None:
+    """The preview assesses each rule as a run would: a mistyped subject field is named, not a crash."""
+    sandbox.config.write_text(sandbox.config.read_text().replace('subject_field = "email"', 'subject_field = "emial"'))
+    request(pg_store, "r-20", "c-active", "user0@example.org", "end_user_request")
+    shown = sandbox.cli("requests", "show", "r-20")
+    assert 0 == shown.exit_code, shown.stdout + shown.stderr
+    assert "subject_field column 'emial' does not exist in table end_users" in shown.stdout
