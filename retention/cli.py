@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import structlog
@@ -25,9 +25,13 @@ from retention.logs import configure
 from retention.progress import for_terminal
 from retention.redact import error_summary, hide
 from retention.render import as_json, markdown, report, table
+from retention.requests import ErasureRequest
 from retention.settings import Environment
 from retention.signals import StopRequest, stop_on_signals
 from retention.timeutil import parse_instant, rfc3339
+
+if TYPE_CHECKING:  # the scheduler loads only for `retention schedule`
+    from apscheduler.schedulers.base import BaseScheduler
 
 EXIT_VERIFY_FAILED = 5
 
@@ -178,7 +182,7 @@ def schedule(state: State, once: bool) -> None:
         with stop_on_signals() as once_stop:
             code = _scheduled_run(state, once_stop)
         sys.exit(code)
-    holder: list[Any] = []
+    holder: list[BaseScheduler] = []
 
     def shut_down() -> None:  # on its own thread, after a signal: a run in progress stops after its batch
         structlog.get_logger("retention").warning("scheduler_stopping")
@@ -344,7 +348,7 @@ def requests() -> None:
     """Erasure requests: what each would change (before), what it changed (after)."""
 
 
-def _request_json(request: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _request_json(request: ErasureRequest, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"id": request.id, "client_id": request.client_id, "subject_id": request.subject_id,
             "reason": request.reason, "received_at": str(request.received_at) if request.received_at else None,
             "status": request.status, "problem": request.problem, "before": rows, "after": request.result}

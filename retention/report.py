@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retention.timeutil import rfc3339
+
+if TYPE_CHECKING:  # requests.py builds on this module's RuleReport
+    from retention.requests import RequestOutcome
 
 OK, OVER_THRESHOLD, ERROR, INTERRUPTED = "ok", "over_threshold", "error", "interrupted"
 
@@ -61,7 +64,7 @@ class Report:
     audit_file: Path | None = None
     interrupted: bool = False
     audit_copy_error: str | None = None  # the WORM copy could not be read or written
-    requests: list[Any] = field(default_factory=list)  # RequestOutcome of each erasure request processed
+    requests: list[RequestOutcome] = field(default_factory=list)  # each erasure request processed
     errors: list[str] = field(default_factory=list)  # failures outside any rule (an unreadable requests table)
 
     @property
