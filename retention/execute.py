@@ -134,8 +134,7 @@ class Executor:
         yield Started(rfc3339(report.cutoff) if report.cutoff else None, work.selection.held.holds)
         started = time.monotonic()
         try:
-            yield from self._execute(work, report)
-            report.duration_ms = int((time.monotonic() - started) * 1000)
+            yield from self._execute(work, report, started)
         except (Interrupted, KeyboardInterrupt):
             report.status = INTERRUPTED
             report.error = "interrupted; the batch in flight was committed or rolled back whole"
@@ -154,7 +153,7 @@ class Executor:
         finally:
             structlog.contextvars.unbind_contextvars("rule", "connector", "request")
 
-    def _execute(self, work: RuleWork, report: RuleReport) -> Iterator[Outcome]:
+    def _execute(self, work: RuleWork, report: RuleReport, started: float) -> Iterator[Outcome]:
         rule = work.rule
         connector = self.connectors[rule.connector]
         work, counts = assess(self.connectors, work, report)
@@ -190,6 +189,7 @@ class Executor:
         if self.id_key and counts.held:  # the held records, named by keyed hash in chunks
             for chunk in connector.held_ids(work.selection, self.config.batch_size(rule), self.id_key):
                 yield HeldIds(chunk)
+        report.duration_ms = int((time.monotonic() - started) * 1000)  # before Finished: it is recorded
         yield Finished()
         log.info("rule_finished", matched=report.matched, changed=report.changed, held=report.held,
                  unknown_age=report.unknown_age)

@@ -210,3 +210,16 @@ def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox) -> None:
     assert (4, 0) == (second.returncode, first.returncode)
     assert "another run holds the lock" in second.stderr
     assert 1 == len(audit_files(sandbox))
+
+
+def test_the_signed_duration_is_the_rules_own(sandbox: Sandbox, tmp_path: Path) -> None:
+    """rule_finished carries how long the rule took, the same figure as the metrics file (3,000 deletes: not 0)."""
+    metrics = tmp_path / "retention.prom"
+    sandbox.config.write_text(sandbox.config.read_text().replace(
+        "batch_size = 2\n", f'batch_size = 100\nmetrics_file = "{metrics}"\n'))
+    assert 0 == sandbox.cli("run").exit_code
+    finished = next(json.loads(line) for line in audit_files(sandbox)[-1].read_text().splitlines()
+                    if json.loads(line)["event"] == "rule_finished")
+    seconds = next(float(line.split()[1]) for line in metrics.read_text().splitlines()
+                   if line.startswith('retention_rule_duration_seconds{rule="cookies"}'))
+    assert 0 < finished["duration_ms"] == round(seconds * 1000)
