@@ -43,10 +43,6 @@ class ErasureRequest:
     result: dict[str, Any] | None
     problem: str | None = None  # why it cannot be served, naming fields, never values
 
-    @property
-    def pending(self) -> bool:
-        return self.result is None or self.result.get("status") != DONE
-
 
 @dataclass
 class RequestOutcome:

@@ -40,10 +40,10 @@ from retention.redact import error_summary
 from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, Report, RuleReport
 from retention.requests import (
     RequestOutcome,
+    applies,
     mark,
     no_rule_problem,
     read_requests,
-    serving_rules,
 )
 from retention.secrets import RECORD_ID_LABEL, TRANSFORM_LABEL, derive
 from retention.settings import Environment
@@ -127,9 +127,8 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
     return report
 
 
-def _serve_requests(config: Config, executor: Executor, recorder: Recorder, report: Report, works: Sequence[RuleWork],
-                    partial: bool,
-                    clock: Clock) -> None:
+def _serve_requests(config: Config, executor: Executor, recorder: Recorder, report: Report,
+                    works: Sequence[RuleWork], partial: bool, clock: Clock) -> None:
     """Serve every pending erasure request through each rule able to find its records, then write back the outcome.
 
     Each (rule, request) pair is a unit of the same executor as the rules; one request's failure is recorded as
@@ -149,7 +148,7 @@ def _serve_requests(config: Config, executor: Executor, recorder: Recorder, repo
             raise Interrupted
         outcome = RequestOutcome(request, partial=partial)
         report.requests.append(outcome)
-        serving = [work for work in works if work.rule in serving_rules([work.rule], request)]
+        serving = [work for work in works if applies(work.rule, request)]
         problem = request.problem or (None if serving else no_rule_problem(request))
         if problem:
             outcome.errors.append(problem)
