@@ -124,6 +124,13 @@ class Section:
         except ValueError as exc:
             raise self.error(name, str(exc)) from None
 
+    def positive(self, name: str, default: int | None) -> Any:
+        """A count of 1 or more (a batch size)."""
+        value = self.get(name, int, default)
+        if value is not None and value < 1:
+            raise self.error(name, f"expected a positive integer, got {value}")
+        return value
+
     def section(self, name: str, *, required: bool = False) -> Section | None:
         self._seen.add(name)
         if name not in self._data:
