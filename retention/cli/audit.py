@@ -1,0 +1,122 @@
+"""`retention audit`: create keys for, verify, list and show signed audit logs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import date, datetime
+from pathlib import Path
+
+import click
+
+from retention.audit import generate_keypair, load_private_key, load_public_keys, verify
+from retention.audit.summary import summarize
+from retention.audit.writer import run_files
+from retention.cli.base import FORMAT, State, main
+from retention.errors import ConfigError, UsageError
+from retention.render import as_json, markdown, table
+
+EXIT_VERIFY_FAILED = 5
+
+
+@main.group()
+def audit() -> None:
+    """Create keys for, verify, list and show signed audit logs."""
+
+
+@audit.command("keygen")
+@click.option("--private-key", type=click.Path(path_type=Path), required=True, help="Where to write the "
+              "private key (PKCS#8 PEM, mode 0600).")
+@click.option("--public-key", type=click.Path(path_type=Path), required=True, help="Where to write the public key.")
+def audit_keygen(private_key: Path, public_key: Path) -> None:
+    """Create an Ed25519 key pair for signing audit logs."""
+    key_fingerprint = generate_keypair(private_key, public_key)
+    click.echo(f"private key: {private_key}\npublic key:  {public_key}\nfingerprint: {key_fingerprint}")
+
+
+@audit.command("verify")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--public-key", "public_keys", multiple=True, type=click.Path(path_type=Path), metavar="PEM",
+              help="A public key to accept (repeatable, for rotated keys) [default: the configured signing key's].")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def audit_verify(state: State, paths: tuple[Path, ...], public_keys: tuple[Path, ...], fmt: str) -> None:
+    """Verify signatures, hash chains and run-to-run continuity [default: the audit dir]."""
+    if public_keys:
+        keys = load_public_keys(list(public_keys))
+    else:
+        config = state.config
+        if config.audit is None or config.audit.signing_key is None:
+            raise ConfigError("no --public-key given and no audit.signing_key configured")
+        keys = [load_private_key(Path(state.env.resolve(config.audit.signing_key, secret=False))).public_key()]
+    targets = list(paths) or [_audit_dir(state)]
+    for target in targets:
+        if not target.exists():
+            raise UsageError(f"{target} does not exist")
+    checks = verify(targets, keys)
+    if fmt == "json":
+        click.echo(as_json([{"file": str(c.path), "run_id": c.run_id, "status": c.status, "ok": c.ok,
+                             "detail": c.detail} for c in checks]))
+    else:
+        for c in checks:
+            detail = f": {c.detail}" if c.detail else ""
+            click.echo(f"{'OK  ' if c.ok else 'FAIL'}  {c.path.name}  {c.status}{detail}")
+        bad = sum(not c.ok for c in checks)
+        click.echo(f"{len(checks)} files checked, {bad} with problems" if checks else "no audit runs found")
+    if any(not c.ok for c in checks):
+        sys.exit(EXIT_VERIFY_FAILED)
+
+
+def _audit_dir(state: State) -> Path:
+    audit_config = state.config.audit
+    if audit_config is None:
+        raise ConfigError("no [audit] table in the config; name the audit files or folder to read")
+    return audit_config.dir
+
+
+@audit.command("list")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Only runs that started on or after this UTC date.")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def audit_list(state: State, since: datetime | None, fmt: str) -> None:
+    """List the runs in the audit dir, oldest first."""
+    cutoff = since.date() if since else date.min
+    runs = [summarize(p) for p in run_files(_audit_dir(state))
+            if datetime.strptime(p.name[:8], "%Y%m%d").date() >= cutoff]
+    if fmt == "json":
+        click.echo(as_json([r.to_json() for r in runs]))
+        return
+    click.echo(table(["started", "run_id", "dry_run", "status", "exit", "matched", "changed", "signed"],
+                     [[r.started, r.run_id, r.dry_run, r.status, r.exit_code, r.totals.get("matched"),
+                       r.totals.get("changed"), r.signed] for r in runs]))
+
+
+@audit.command("show")
+@click.argument("run")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+@click.pass_obj
+def audit_show(state: State, run: str, fmt: str) -> None:
+    """Show one run (by run id or file path): what each rule matched, changed, held and skipped."""
+    path = Path(run)
+    if not path.is_file():
+        found = [p for p in run_files(_audit_dir(state)) if p.stem.endswith(f"-{run}")]
+        if not found:
+            raise UsageError(f"no run {run!r} in {_audit_dir(state)}")
+        path = found[0]
+    summary = summarize(path)
+    if fmt == "json":
+        click.echo(as_json(summary.to_json(with_rules=True)))
+        return
+    headers = ["rule", "target", "action", "cutoff", "matched", "changed", "held", "unknown_age", "status"]
+    rows = [[r["rule"], f"{r['connector']}:{r['target']}", r["action"], r["cutoff"], r.get("matched"),
+             r.get("changed"), r.get("held"), r.get("unknown_age"), r["status"]] for r in summary.rules]
+    render: Callable[..., str] = markdown if fmt == "markdown" else table
+    header = summary.header
+    click.echo("\n".join([
+        f"run {summary.run_id}: {summary.status} (exit {summary.exit_code}), signed: {summary.signed}",
+        f"file: {summary.path}",
+        f"started: {summary.started}  now: {summary.now}  dry_run: {summary.dry_run}  "
+        f"clock_override: {header.get('clock_override')}",
+        f"config sha256: {header.get('config_sha256')}  key: {header.get('public_key_fingerprint')}",
+        "", render(headers, rows)]))
+

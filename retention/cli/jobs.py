@@ -1,0 +1,162 @@
+"""The job's commands: check the config, plan, run, schedule; list connector types; the demo."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+import structlog
+
+from retention import inspect as inspection
+from retention import run as coordinator
+from retention.cli.base import FORMAT, State, main, now_option, utc_now
+from retention.config import config_path, load_config
+from retention.connector import connector_types
+from retention.errors import RetentionError
+from retention.logs import configure
+from retention.progress import for_terminal
+from retention.redact import hide
+from retention.render import as_json, report, table
+from retention.signals import StopRequest, stop_on_signals
+
+if TYPE_CHECKING:  # the scheduler loads only for `retention schedule`
+    from apscheduler.schedulers.base import BaseScheduler
+
+
+@main.command()
+@click.option("--offline", is_flag=True, help="Validate the file only: no connection, no environment variable.")
+@click.pass_obj
+def check(state: State, offline: bool) -> None:
+    """Validate the config; unless --offline, confirm every target and field exists with a usable type."""
+    config = state.config
+    if offline:
+        click.echo(f"{config.path}: ok ({_count(len(config.rules), 'rule')}, "
+                   f"{_count(len(config.connectors), 'connector')})")
+        return
+    results = inspection.check(config, state.env, utc_now())
+    click.echo(table(["rule", "target", "result"], [[r.rule, r.target, "; ".join(r.problems) or "ok"]
+                                                    for r in results]))
+    grants = [grant for r in results for grant in r.grants]
+    if grants:
+        click.echo("\nMissing privileges (run as the tables' owner):\n" + "\n".join(grants))
+    if any(r.unreachable for r in results):
+        click.echo("\nexit 1: a store could not be reached (the config may be right: try again, or check the "
+                   "network and credentials)")
+        sys.exit(1)
+    if any(r.problems for r in results):
+        click.echo("\nexit 2: the config names a target or field that does not exist or cannot be used as "
+                   "configured (fix the config or the store)")
+        sys.exit(2)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+@main.command()
+@click.option("--rule", "rules", multiple=True, metavar="NAME", help="Only this rule (repeatable).")
+@click.option("--now", "now_text", metavar="TIME", help="Evaluate as of this RFC 3339 instant.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
+              show_default=True)
+@click.pass_obj
+def plan(state: State, rules: tuple[str, ...], now_text: str | None, fmt: str) -> None:
+    """Dry run: what each rule would do now. Changes nothing; needs no signing key."""
+    result = inspection.plan(state.config, state.env, now_option(now_text) or utc_now(), rules, for_terminal())
+    click.echo(report(result, fmt))
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.option("--rule", "rules", multiple=True, metavar="NAME", help="Only this rule (repeatable).")
+@click.option("--now", "now_text", metavar="TIME", help="Evaluate as of this RFC 3339 instant (not in the future).")
+@click.option("--dry-run", is_flag=True, help="Count and audit, but change nothing.")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def run(state: State, rules: tuple[str, ...], now_text: str | None, dry_run: bool, fmt: str) -> None:
+    """Enforce the rules; always writes a signed audit log (a --dry-run run too)."""
+    override = now_option(now_text)
+    with stop_on_signals() as stop:
+        result = coordinator.run(state.config, state.env, override or utc_now(), utc_now, rule_names=rules,
+                            dry_run=dry_run, clock_override=override is not None, should_stop=stop.is_set,
+                            progress=for_terminal())
+    click.echo(report(result, fmt))
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Run now, once, and exit with the run's exit code.")
+@click.pass_obj
+def schedule(state: State, once: bool) -> None:
+    """Run `run` on the cron schedule in the config (job.schedule, job.timezone) until stopped."""
+    from retention import schedule as scheduling
+
+    config = state.config
+    if once:
+        with stop_on_signals() as once_stop:
+            code = _scheduled_run(state, once_stop)
+        sys.exit(code)
+    holder: list[BaseScheduler] = []
+
+    def shut_down() -> None:  # on its own thread, after a signal: a run in progress stops after its batch
+        structlog.get_logger("retention").warning("scheduler_stopping")
+        for _ in range(100):  # a signal just before start(): wait for the scheduler to be running to stop it
+            if holder and holder[0].running:
+                holder[0].shutdown(wait=False)
+                return
+            time.sleep(0.05)
+
+    with stop_on_signals(then=shut_down) as stop:
+        scheduler = scheduling.build(config.job, lambda: _scheduled_run(state, stop))
+        holder.append(scheduler)
+        following = scheduling.next_fire(config.job, utc_now())
+        structlog.get_logger("retention").info("scheduler_started", schedule=config.job.schedule,
+                                               timezone=config.job.timezone,
+                                               next_run=following.isoformat() if following else None)
+        if not stop.is_set():
+            scheduler.start()
+
+
+def _scheduled_run(state: State, stop: StopRequest) -> int:
+    """One scheduled run: the config read afresh, the report on stdout; errors become exit codes, not crashes."""
+    try:
+        config = load_config(config_path(state.config_option))
+        result = coordinator.run(config, state.env, utc_now(), utc_now, should_stop=stop.is_set)
+    except RetentionError as exc:
+        structlog.get_logger("retention").error("scheduled_run_refused", error=hide(str(exc), state.env.revealed),
+                                                exit_code=exc.exit_code)
+        return exc.exit_code
+    click.echo(report(result, "json"))
+    return result.exit_code
+
+
+@main.command()
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+def connectors(fmt: str) -> None:
+    """List connector types (built-in and entry-point plugins) and their options."""
+    types = connector_types()
+    if fmt == "json":
+        click.echo(as_json([{"type": name, "description": kind.description, "target": kind.target_key,
+                             "transforms": sorted(kind.transforms),
+                             "options": [{"name": o.name, "required": o.required, "help": o.help}
+                                         for o in kind.options]} for name, kind in sorted(types.items())]))
+        return
+    click.echo(table(["type", "target", "options", "description"],
+                     [[name, kind.target_key, ", ".join(o.name + ("*" if o.required else "") for o in kind.options),
+                       kind.description] for name, kind in sorted(types.items())]))
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("retention-demo"),
+              show_default=True, help="Where to build the sandbox.")
+@click.pass_context
+def demo(ctx: click.Context, directory: Path) -> None:
+    """Build a self-contained sandbox on embedded stores, then plan, run and verify it."""
+    from retention.demo import run_demo
+
+    if not ctx.meta.get("retention.verbose"):
+        configure(ctx.find_root().params["log_format"], -1)  # the demo's own output tells the story
+
+    sys.exit(run_demo(directory, utc_now(), echo=click.echo))

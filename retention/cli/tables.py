@@ -1,0 +1,102 @@
+"""`retention holds` and `retention requests`: legal holds in force, erasure requests before and after."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from retention import inspect as inspection
+from retention.cli.base import FORMAT, State, main, utc_now
+from retention.render import as_json, table
+from retention.requests import ErasureRequest
+from retention.timeutil import rfc3339
+
+
+@main.group()
+def holds() -> None:
+    """Legal holds: from the config and from [holds_source]."""
+
+
+@holds.command("list")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def holds_list(state: State, fmt: str) -> None:
+    """Every active legal hold, where it comes from, and how many expired records it keeps now."""
+    reports = inspection.hold_reports(state.config, state.env, utc_now())
+    if fmt == "json":
+        click.echo(as_json([{"name": r.hold.name, "source": r.hold.source, "client_ids": list(r.hold.client_ids),
+                             "rules": list(r.rules), "until": rfc3339(r.hold.until) if r.hold.until else None,
+                             "reason": r.hold.reason, "records_held": r.records, "errors": list(r.errors)}
+                            for r in reports]))
+    else:
+        click.echo(table(["hold", "source", "clients", "rules", "until", "records held", "reason"],
+                         [[r.hold.name, r.hold.source, ", ".join(map(str, r.hold.client_ids)) or "all",
+                           ", ".join(r.rules) or "-", rfc3339(r.hold.until) if r.hold.until else "none",
+                           r.records, r.hold.reason] for r in reports]) if reports else "no active holds")
+    if any(r.errors for r in reports):
+        sys.exit(1)
+
+
+@main.group()
+def requests() -> None:
+    """Erasure requests: what each would change (before), what it changed (after)."""
+
+
+def _request_json(request: ErasureRequest, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": request.id, "client_id": request.client_id, "subject_id": request.subject_id,
+            "reason": request.reason, "received_at": str(request.received_at) if request.received_at else None,
+            "status": request.status, "problem": request.problem, "before": rows, "after": request.result}
+
+
+@requests.command("list")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def requests_list(state: State, fmt: str) -> None:
+    """Every erasure request, oldest first, with what it would change now and its recorded outcome."""
+    previews = inspection.request_preview(state.config, state.env, utc_now(), None)
+    if fmt == "json":
+        click.echo(as_json([_request_json(request, rows) for request, rows in previews]))
+        return
+    click.echo(table(["id", "client", "subject", "reason", "received", "status", "would change", "outcome",
+                      "problem"],
+                     [[r.id, r.client_id, r.subject_id, r.reason, r.received_at, r.status,
+                       sum(row.get("would_change") or 0 for row in rows),
+                       (r.result or {}).get("status"), r.problem or ""] for r, rows in previews])
+               if previews else "no requests")
+
+
+@requests.command("show")
+@click.argument("request_id")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def requests_show(state: State, request_id: str, fmt: str) -> None:
+    """One request: per rule and store, what it would change now, and what a run changed (with its audit file)."""
+    ((request, rows),) = inspection.request_preview(state.config, state.env, utc_now(), request_id)
+    if fmt == "json":
+        click.echo(as_json(_request_json(request, rows)))
+        return
+    lines = [f"request {request.id}: {request.reason}, client {request.client_id}"
+             + (f", end user {request.subject_id}" if request.subject_id is not None else "")
+             + f", received {request.received_at}, status {request.status}"]
+    if request.problem:
+        lines.append(f"cannot be served: {request.problem}")
+    lines += ["", "Before (now):",
+              table(["rule", "target", "action", "would change", "held"],
+                    [[r["rule"], f"{r['connector']}:{r['target']}", r["action"], r.get("would_change"), r.get("held")]
+                     for r in rows])]
+    lines += [f"  {r['rule']}: {r['error']}" for r in rows if r.get("error")]
+    if request.result:  # written by a run, but read back as untrusted input: any shape prints
+        result = request.result
+        rules = [r for r in result.get("rules") or [] if isinstance(r, dict)]
+        lines += ["", f"After (run {result.get('run_id')}, {result.get('at')}): {result.get('status')}",
+                  table(["rule", "target", "action", "changed", "held"],
+                        [[r.get("rule"), f"{r.get('connector')}:{r.get('target')}", r.get("action"), r.get("changed"),
+                          r.get("held")] for r in rules]),
+                  f"audit file: {result.get('audit_file')}"]
+        for label, key in (("waiting for", "waiting_for"), ("failed", "errors")):
+            if isinstance(result.get(key), list) and result[key]:
+                lines.append(f"{label}: " + "; ".join(map(str, result[key])))
+    click.echo("\n".join(lines))
+
