@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     Column,
     ColumnElement,
     Delete,
+    FromClause,
     MetaData,
     Table,
     Update,
@@ -17,14 +17,10 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    false,
     func,
     literal,
     not_,
-    or_,
     select,
-    text,
-    true,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -32,10 +28,10 @@ from sqlalchemy.engine import Engine, make_url
 
 from connectors.sql_dialects import SqlDialect, SqliteDialect, dialect_for, is_timestamp
 from connectors.sql_errors import db_error, refused_by_a_record, transient
+from connectors.sql_predicates import predicates
 from retention.connector import ConnectorDefaults, Option
-from retention.errors import ConfigError, ConnectorError, LockHeld, TargetMissing
+from retention.errors import ConfigError, ConnectorError, TargetMissing
 from retention.model import Action, Batch, ClientRegistry, Counts, Selection
-from retention.privileges import Need
 from retention.retry import retrying
 from retention.transforms import KeyedHasher, record_text
 
@@ -136,35 +132,6 @@ class SqlConnector(ConnectorDefaults):
             problems.append(str(exc))
         return problems
 
-    def missing_grants(self, table_name: str, needs: tuple[Need, ...]) -> list[str]:
-        """The GRANTs this connection's role lacks on `table_name` (PostgreSQL; other databases tell nothing)."""
-        if self.dialect.name != "postgresql":
-            return []
-        table = self.table(table_name)
-        place = f"{table.schema}.{table.name}" if table.schema else table.name
-        query = text("SELECT current_user, n.nspname, c.relname FROM pg_class c "
-                     "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(:name)")
-        role, schema, relation = self._all(query.bindparams(name=place))[0]
-        qualified = f"{schema}.{relation}"
-        grants = []
-        for need in needs:
-            if need.any_column:
-                allowed = self._granted("has_any_column_privilege(:t, :p)", qualified, need.privilege)
-                columns = [] if allowed else list(need.columns[:1])
-            elif need.columns:
-                columns = [c for c in need.columns if not self._granted(
-                    "has_column_privilege(:t, :c, :p)", qualified, need.privilege, column=c)]
-            else:
-                columns = [] if self._granted("has_table_privilege(:t, :p)", qualified, need.privilege) else ["*"]
-            if columns:
-                on = "" if columns == ["*"] else f" ({', '.join(columns)})"
-                grants.append(f'GRANT {need.privilege}{on} ON {qualified} TO "{role}";')
-        return grants
-
-    def _granted(self, function: str, table: str, privilege: str, column: str | None = None) -> bool:
-        query = text(f"SELECT {function}").bindparams(t=table, p=privilege, **({"c": column} if column else {}))
-        return bool(self._all(query)[0][0])
-
     def _check_registry(self, registry: ClientRegistry) -> list[str]:
         table = self.table(registry.table)
         for field, role in ((registry.id_field, "clients.id_field"), (registry.status_field, "clients.status_field"),
@@ -174,47 +141,13 @@ class SqlConnector(ConnectorDefaults):
             return [f"clients.ended_at_field {registry.ended_at_field} is not a timestamp or date column"]
         return []
 
-    # -- predicates ------------------------------------------------------------------------------------------
+    # -- predicates and registry rows --------------------------------------------------------------------------
 
-    def _predicates(self, table: Any, selection: Selection, *, locking: bool = False
+    def _predicates(self, table: FromClause, selection: Selection, *, locking: bool = False
                     ) -> dict[str, ColumnElement[bool]]:
-        """Two-valued predicates (never NULL) for the classes a record can fall in.
-
-        `locking` (for statements that change records) share-locks the registry rows consulted, so a client
-        re-activated by a concurrent transaction is seen in its new state, never in the one before.
-        """
-        dialect = self.dialect
-        expired: list[ColumnElement[bool]] = []
-        unknown: list[ColumnElement[bool]] = []
-        if selection.age:
-            column = table.c[selection.age.field]
-            has_age = dialect.has_timestamp(column)
-            expired.append(and_(has_age, dialect.before(column, selection.age.cutoff)))
-            unknown.append(not_(has_age))
-        if selection.client:
-            client_expired, client_known = self._client_predicates(table, selection, locking)
-            expired.append(client_expired)
-            unknown.append(not_(or_(client_expired, client_known)))
-        if selection.erasure:  # an erasure request: its records, whatever their age
-            erasure = selection.erasure
-            named: list[ColumnElement[bool]] = []
-            for field, value in ((erasure.client_field, erasure.client_id),
-                                 (erasure.subject_field, erasure.subject_id)):
-                if field:  # by canonical text: a request's "4" names end user 4 of a BIGINT key
-                    named.append(dialect.has_id(table.c[field], [value] if value is not None else []))
-            expired, unknown = [and_(*named)], [false()]
-        is_expired = or_(*expired)
-        held: ColumnElement[bool] = false()
-        if selection.held.everything:
-            held = true()
-        elif selection.held.client_ids and selection.held.client_field:
-            held = dialect.has_id(table.c[selection.held.client_field], selection.held.client_ids)
-        fresh = table.c[selection.marker].is_(None) if selection.marker else true()
-        return {
-            "matched": and_(is_expired, not_(held), fresh),
-            "held": and_(is_expired, held, fresh),
-            "unknown_age": and_(not_(is_expired), or_(*unknown), fresh),
-        }
+        client = selection.client
+        registry = self.table(client.registry.table) if client and client.states is None else None
+        return predicates(self.dialect, table, selection, registry, locking=locking)
 
     def read_rows(self, table_name: str, fields: Sequence[str]) -> Iterator[Mapping[str, Any]]:
         table = self.table(table_name)
@@ -231,33 +164,6 @@ class SqlConnector(ConnectorDefaults):
                 connection.execute(statement)
         except sa_exc.DBAPIError as exc:
             raise ConnectorError(f"update of {table_name} failed: {db_error(exc.orig)}") from None
-
-    def _client_predicates(self, table: Any, selection: Selection, locking: bool) -> tuple[ColumnElement[bool], ...]:
-        """Expired: every registry row of the client ended before the cutoff. Known: some row has a usable state."""
-        assert selection.client is not None
-        registry = selection.client.registry
-        if selection.client.states is not None:  # the registry lives in another store: its verdict, as lists
-            client = table.c[selection.client.field]
-            states = selection.client.states
-            return self.dialect.has_id(client, states.expired), self.dialect.has_id(client, states.known)
-        clients = self.table(registry.table).alias("registry")
-        status, ended_at = clients.c[registry.status_field], clients.c[registry.ended_at_field]
-        same_client = self.dialect.same_id(clients.c[registry.id_field], table.c[selection.client.field])
-        ended = and_(status.is_not(None), status.in_(registry.ended_statuses),
-                     self.dialect.has_timestamp(ended_at))
-        ended_long_ago = and_(ended, self.dialect.before(ended_at, selection.client.ended_before))
-        active = and_(status.is_not(None), status.in_(registry.active_statuses))
-        def any_row(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
-            rows = select(literal(1)).select_from(clients).where(same_client, *conditions)
-            return (rows.with_for_update(read=True) if locking else rows).exists()
-
-        expired = and_(
-            any_row(ended_long_ago),
-            # a duplicate registry row that is still active (or unknown) keeps the records
-            not_(any_row(not_(ended_long_ago))),
-        )
-        known = any_row(or_(active, ended))
-        return expired, known
 
     # -- counting and changing -------------------------------------------------------------------------------
 
@@ -427,44 +333,3 @@ class _Refused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class PostgresConnector(SqlConnector):
-    """PostgreSQL through psycopg 3; a plain libpq URL (postgresql://user@host/db) works as is."""
-
-    type_name: ClassVar[str] = "postgres"
-    description: ClassVar[str] = "PostgreSQL (psycopg 3); every transform runs server-side"
-    options: ClassVar[tuple[Option, ...]] = (
-        Option("url", required=True, help="a libpq URL, e.g. postgresql://retention@db:5432/app"),
-    )
-
-    @contextmanager
-    def advisory_lock(self, key: int) -> Iterator[None]:
-        """A session-level PostgreSQL advisory lock, held on its own connection for the whole run.
-
-        PostgreSQL releases it when that session ends, so a host that dies never leaves the lock behind.
-        """
-        try:
-            connection = self.engine.connect()
-        except sa_exc.DBAPIError as exc:
-            raise ConnectorError(f"cannot reach the database for the run lock: {db_error(exc.orig)}") from None
-        try:
-            got = connection.execute(select(func.pg_try_advisory_lock(key))).scalar()
-            connection.commit()
-            if not got:
-                raise LockHeld(f"another host holds the run lock (PostgreSQL advisory lock {key} on connector "
-                               f"{self.name}); nothing was changed")
-            try:
-                yield
-            finally:
-                connection.execute(select(func.pg_advisory_unlock(key)))
-                connection.commit()
-        finally:
-            connection.close()
-
-    @staticmethod
-    def _driver_url(url: str) -> str:
-        for prefix in ("postgresql://", "postgres://"):
-            if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix):]
-        return url

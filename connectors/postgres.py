@@ -1,0 +1,87 @@
+"""PostgreSQL: the SQL connector through psycopg 3, plus what only PostgreSQL offers here.
+
+A run lock across hosts (a session advisory lock) and `check`'s list of missing GRANTs for a least-privilege role.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import ClassVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select, text
+
+from connectors.sql import SqlConnector
+from connectors.sql_errors import db_error
+from retention.connector import Option
+from retention.errors import ConnectorError, LockHeld
+from retention.privileges import Need
+
+
+class PostgresConnector(SqlConnector):
+    """PostgreSQL through psycopg 3; a plain libpq URL (postgresql://user@host/db) works as is."""
+
+    type_name: ClassVar[str] = "postgres"
+    description: ClassVar[str] = "PostgreSQL (psycopg 3); every transform runs server-side"
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("url", required=True, help="a libpq URL, e.g. postgresql://retention@db:5432/app"),
+    )
+
+    @contextmanager
+    def advisory_lock(self, key: int) -> Iterator[None]:
+        """A session-level PostgreSQL advisory lock, held on its own connection for the whole run.
+
+        PostgreSQL releases it when that session ends, so a host that dies never leaves the lock behind.
+        """
+        try:
+            connection = self.engine.connect()
+        except sa_exc.DBAPIError as exc:
+            raise ConnectorError(f"cannot reach the database for the run lock: {db_error(exc.orig)}") from None
+        try:
+            got = connection.execute(select(func.pg_try_advisory_lock(key))).scalar()
+            connection.commit()
+            if not got:
+                raise LockHeld(f"another host holds the run lock (PostgreSQL advisory lock {key} on connector "
+                               f"{self.name}); nothing was changed")
+            try:
+                yield
+            finally:
+                connection.execute(select(func.pg_advisory_unlock(key)))
+                connection.commit()
+        finally:
+            connection.close()
+
+    def missing_grants(self, table_name: str, needs: tuple[Need, ...]) -> list[str]:
+        """The GRANTs this connection's role lacks on `table_name`, from PostgreSQL's privilege functions."""
+        table = self.table(table_name)
+        place = f"{table.schema}.{table.name}" if table.schema else table.name
+        query = text("SELECT current_user, n.nspname, c.relname FROM pg_class c "
+                     "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(:name)")
+        role, schema, relation = self._all(query.bindparams(name=place))[0]
+        qualified = f"{schema}.{relation}"
+        grants = []
+        for need in needs:
+            if need.any_column:
+                allowed = self._granted("has_any_column_privilege(:t, :p)", qualified, need.privilege)
+                columns = [] if allowed else list(need.columns[:1])
+            elif need.columns:
+                columns = [c for c in need.columns if not self._granted(
+                    "has_column_privilege(:t, :c, :p)", qualified, need.privilege, column=c)]
+            else:
+                columns = [] if self._granted("has_table_privilege(:t, :p)", qualified, need.privilege) else ["*"]
+            if columns:
+                on = "" if columns == ["*"] else f" ({', '.join(columns)})"
+                grants.append(f'GRANT {need.privilege}{on} ON {qualified} TO "{role}";')
+        return grants
+
+    def _granted(self, function: str, table: str, privilege: str, column: str | None = None) -> bool:
+        query = text(f"SELECT {function}").bindparams(t=table, p=privilege, **({"c": column} if column else {}))
+        return bool(self._all(query)[0][0])
+
+    @staticmethod
+    def _driver_url(url: str) -> str:
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url
