@@ -10,18 +10,15 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, OperationFailure, PyMongoError
 
-from retention import transforms as reference
+from connectors.mongodb_filters import Filter, all_of, class_filters
+from connectors.mongodb_updates import CLIENT_SIDE, client_side_values, get_path, pipeline
 from retention.clients import judge
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
 from retention.ids import canonical_ids, mongo_values
-from retention.model import Action, Batch, ClientRegistry, ClientStates, Counts, Selection, Transform
+from retention.model import Action, Batch, ClientRegistry, ClientStates, Counts, Selection
 from retention.retry import retrying
 from retention.transforms import KeyedHasher, record_text
-
-Filter = dict[str, Any]
-NOTHING: Filter = {"_id": {"$in": []}}  # a filter no document matches
-CLIENT_SIDE = frozenset({"hmac", "truncate_ip"})  # computed here, written back in bulk_write batches
 
 
 class MongoConnector(ConnectorDefaults):
@@ -68,7 +65,7 @@ class MongoConnector(ConnectorDefaults):
         # "_id" first, so a field "_id" switches it back on
         projection = {"_id": 0, **dict.fromkeys(fields, 1)}
         for document in self._collection(table).find({}, projection):
-            yield {field: _get(document, field) for field in fields}
+            yield {field: get_path(document, field) for field in fields}
 
     def update_row(self, table: str, key_field: str, key: Any, values: Mapping[str, Any]) -> None:
         if isinstance(key, Mapping | list):  # a document as the key would be read as query operators
@@ -93,42 +90,7 @@ class MongoConnector(ConnectorDefaults):
             return [str(exc)]
         return []  # documents have no schema to check fields against; odd values are unknown_age
 
-    # -- filters ---------------------------------------------------------------------------------------------
-
-    def _filters(self, selection: Selection, clients: ClientStates | None) -> dict[str, Filter]:
-        """Server-side filters for each class of document; `clients` comes from the registry."""
-        expired: list[Filter] = []
-        unknown: list[Filter] = []
-        if selection.age:
-            field = selection.age.field
-            expired.append({field: {"$type": "date", "$lt": selection.age.cutoff}})
-            unknown.append({field: {"$not": {"$type": "date"}}})  # missing, null, strings, numbers
-        if selection.client and clients is not None:
-            field = selection.client.field
-            expired.append({field: {"$in": mongo_values(clients.expired)}})
-            unknown.append({field: {"$nin": mongo_values(clients.known)}})
-        if selection.erasure:  # an erasure request: its records, whatever their age
-            erasure = selection.erasure  # ids are canonical text, never a document: no operator gets in
-            named: Filter = {erasure.client_field: {"$in": mongo_values([erasure.client_id])}}
-            if erasure.subject_field:
-                subjects = [erasure.subject_id] if erasure.subject_id is not None else []
-                named[erasure.subject_field] = {"$in": mongo_values(subjects)}
-            expired, unknown = [named], [NOTHING]
-        is_expired = _any(expired)
-        fresh: Filter = {selection.marker: None} if selection.marker else {}
-        held = selection.held
-        if held.everything:
-            not_held, is_held = NOTHING, {}
-        elif held.client_ids and held.client_field:
-            not_held = {held.client_field: {"$nin": mongo_values(held.client_ids)}}
-            is_held = {held.client_field: {"$in": mongo_values(held.client_ids)}}
-        else:
-            not_held, is_held = {}, NOTHING
-        return {
-            "matched": _all(is_expired, not_held, fresh),
-            "held": _all(is_expired, is_held, fresh),
-            "unknown_age": _all({"$nor": [is_expired]}, _any(unknown), fresh),
-        }
+    # -- registry ---------------------------------------------------------------------------------------------
 
     def _client_states(self, selection: Selection, client_ids: Iterable[str] | None = None) -> ClientStates | None:
         """The registry's verdict on clients (all of them, or just these canonical ids), read now."""
@@ -147,7 +109,7 @@ class MongoConnector(ConnectorDefaults):
 
     def count(self, selection: Selection) -> Counts:
         collection = self._collection(selection.target)
-        filters = self._filters(selection, self._client_states(selection))
+        filters = class_filters(selection, self._client_states(selection))
         try:
             return Counts(total=collection.count_documents({}),
                           **{name: collection.count_documents(f) for name, f in filters.items()})
@@ -157,12 +119,12 @@ class MongoConnector(ConnectorDefaults):
     def held_ids(self, selection: Selection, batch_size: int, id_key: bytes) -> Iterator[tuple[str, ...]]:
         key = selection.key or ("_id",)
         collection = self._collection(selection.target)
-        held = self._filters(selection, self._client_states(selection))["held"]
+        held = class_filters(selection, self._client_states(selection))["held"]
         hasher = KeyedHasher(id_key)
         cursor = collection.find(held, dict.fromkeys(key, 1), batch_size=batch_size).sort([(f, 1) for f in key])
         chunk: list[str] = []
         for document in cursor:
-            chunk.append(hasher(record_text([_get(document, f) for f in key])))
+            chunk.append(hasher(record_text([get_path(document, f) for f in key])))
             if len(chunk) == batch_size:
                 yield tuple(chunk)
                 chunk = []
@@ -170,12 +132,12 @@ class MongoConnector(ConnectorDefaults):
             yield tuple(chunk)
 
     def statement(self, selection: Selection, action: Action) -> str:
-        filters = self._filters(selection, ClientStates(frozenset({"<expired client ids>"}),
+        filters = class_filters(selection, ClientStates(frozenset({"<expired client ids>"}),
                                                         frozenset({"<known client ids>"})))
         matched = {"$and": [{"_id": {"$in": "<batch _ids>"}}, filters["matched"]]}
         if action.kind == "delete":
             return f"db.{selection.target}.deleteMany({matched!r})"
-        return f"db.{selection.target}.updateMany({matched!r}, {self._pipeline(action, {})!r})"
+        return f"db.{selection.target}.updateMany({matched!r}, {pipeline(action, {})!r})"
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
               id_key: bytes | None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
@@ -185,7 +147,7 @@ class MongoConnector(ConnectorDefaults):
         remaining = limit
         # candidates are picked with the registry as read once here; each change re-reads its own clients
         try:
-            candidates = self._filters(selection, self._client_states(selection))["matched"]
+            candidates = class_filters(selection, self._client_states(selection))["matched"]
         except PyMongoError as exc:
             raise ConnectorError(f"cannot read the client registry: {_summary(exc)}") from None
         while remaining > 0 and not should_stop():
@@ -215,13 +177,13 @@ class MongoConnector(ConnectorDefaults):
         candidates = list(collection.find(matching, projection).limit(size))
         if not candidates:
             return []
-        named = {_identity(d["_id"]): record_text([_get(d, f) for f in key]) for d in candidates}
+        named = {_identity(d["_id"]): record_text([get_path(d, f) for f in key]) for d in candidates}
         ids = [d["_id"] for d in candidates]
         clients = None
         if client_field:  # the registry read again, just before the change, for these clients only
-            clients = self._client_states(selection, canonical_ids(_get(d, client_field) for d in candidates))
-        still_matching = self._filters(selection, clients)["matched"]
-        chosen = _all({"_id": {"$in": ids}}, still_matching)  # `_id` first: servers look those up by index
+            clients = self._client_states(selection, canonical_ids(get_path(d, client_field) for d in candidates))
+        still_matching = class_filters(selection, clients)["matched"]
+        chosen = all_of({"_id": {"$in": ids}}, still_matching)  # `_id` first: servers look those up by index
         if action.kind == "delete":
             changed = collection.delete_many(chosen).deleted_count
             if changed == len(ids):
@@ -229,100 +191,16 @@ class MongoConnector(ConnectorDefaults):
             left = {_identity(d["_id"]) for d in collection.find({"_id": {"$in": ids}}, {"_id": 1})}
             return [value for identity, value in named.items() if identity not in left]
         if fields:
-            requests = [UpdateOne(_all({"_id": d["_id"]}, still_matching),
-                                  self._pipeline(action, self._client_side_values(action, d))) for d in candidates]
+            requests = [UpdateOne(all_of({"_id": d["_id"]}, still_matching),
+                                  pipeline(action, client_side_values(action, d))) for d in candidates]
             changed = collection.bulk_write(requests, ordered=False).modified_count
         else:
-            changed = collection.update_many(chosen, self._pipeline(action, {})).modified_count
+            changed = collection.update_many(chosen, pipeline(action, {})).modified_count
         if changed == len(ids):
             return list(named.values())
         assert action.marker is not None
         marked = collection.find({"_id": {"$in": ids}, action.marker: action.marked_at}, {"_id": 1})
         return [named[_identity(d["_id"])] for d in marked]
-
-    def _client_side_values(self, action: Action, document: Mapping[str, Any]) -> dict[str, Any]:
-        values = {}
-        for transform in action.transforms:
-            value = _get(document, transform.field)
-            if transform.kind == "hmac":
-                assert action.hmac_key is not None
-                values[transform.field] = reference.pseudonym(action.hmac_key, value)
-            elif transform.kind == "truncate_ip":
-                values[transform.field] = reference.truncate_ip(value) if isinstance(value, str) else None
-        return values
-
-    def _pipeline(self, action: Action, client_side: Mapping[str, Any]) -> list[Filter]:
-        """The update pipeline: server-side transforms, client-computed values, the marker, then $unset."""
-        assert action.marker is not None
-        values: dict[str, Any] = {}
-        for transform in action.transforms:
-            if transform.kind in CLIENT_SIDE:
-                values[transform.field] = {"$literal": client_side.get(transform.field)}
-            elif transform.kind not in ("keep", "drop"):
-                values[transform.field] = _expression(transform)
-        values[action.marker] = {"$literal": action.marked_at}
-        stages: list[Filter] = [{"$set": values}]
-        dropped = [t.field for t in action.transforms if t.kind == "drop"]
-        if dropped:
-            stages.append({"$unset": dropped})
-        return stages
-
-
-def _expression(transform: Transform) -> Any:
-    """A server-side aggregation expression for a transform."""
-    path = f"${transform.field}"
-    if transform.kind == "null":
-        return {"$literal": None}
-    if transform.kind == "redact":
-        return {"$literal": str(transform.arg)}
-    if transform.kind == "generalize_date":
-        # only a date can be generalized; anything else is removed rather than kept as it was
-        return {"$cond": [{"$eq": [{"$type": path}, "date"]}, {"$dateTrunc": {"date": path, "unit": transform.arg}},
-                          None]}
-    if transform.kind == "mask":
-        keep = int(transform.arg or 0)
-        text = {"$toString": path}
-        length = {"$strLenCP": "$$text"}
-        stars = {"$reduce": {"input": {"$range": [0, {"$max": [0, {"$subtract": ["$$length", keep]}]}]},
-                             "initialValue": "", "in": {"$concat": ["$$value", "*"]}}}
-        masked = {"$cond": [{"$gt": ["$$length", keep]},
-                            {"$concat": [stars, {"$substrCP": ["$$text", {"$subtract": ["$$length", keep]}, keep]}]},
-                            {"$reduce": {"input": {"$range": [0, "$$length"]}, "initialValue": "",
-                                         "in": {"$concat": ["$$value", "*"]}}}]}
-        scalar = {"$in": [{"$type": path}, ["string", "int", "long", "double", "decimal"]]}
-        return {"$cond": [scalar, {"$let": {"vars": {"text": text}, "in": {"$let": {
-            "vars": {"length": length}, "in": masked}}}}, None]}
-    raise ValueError(f"no server-side expression for {transform.kind}")
-
-
-def _all(*filters: Filter) -> Filter:
-    """The conjunction of filters, as one flat document where their keys allow (servers plan those best)."""
-    merged: Filter = {}
-    rest: list[Filter] = []
-    for part in filters:
-        for key, condition in part.items():
-            if key == "$and":
-                rest.extend(condition)
-            elif key in merged:
-                rest.append({key: condition})
-            else:
-                merged[key] = condition
-    return {**merged, "$and": rest} if rest else merged
-
-
-def _any(filters: list[Filter]) -> Filter:
-    return filters[0] if len(filters) == 1 else {"$or": filters}
-
-
-def _get(document: Mapping[str, Any], path: str) -> Any:
-    """A dotted path's value in a document (None when missing)."""
-    value: Any = document
-    for part in path.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    return value
-
 
 def _identity(value: Any) -> str:
     """A hashable stand-in for an `_id` of any BSON type (documents included), to match documents up."""

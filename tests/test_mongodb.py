@@ -120,10 +120,10 @@ max_fraction = 1.0
 
 def test_filters_combine_flat_without_losing_a_condition() -> None:
     """Conjunctions merge into one document; repeated keys and nested $and are kept, never overwritten."""
-    from connectors.mongodb import _all
+    from connectors.mongodb_filters import all_of
 
-    assert {"a": 1, "b": 2} == _all({"a": 1}, {"b": 2})
-    assert {"a": 1, "$and": [{"a": 2}, {"c": 3}, {"d": 4}]} == _all({"a": 1}, {"a": 2, "$and": [{"c": 3}]},
+    assert {"a": 1, "b": 2} == all_of({"a": 1}, {"b": 2})
+    assert {"a": 1, "$and": [{"a": 2}, {"c": 3}, {"d": 4}]} == all_of({"a": 1}, {"a": 2, "$and": [{"c": 3}]},
                                                                     {"$and": [{"d": 4}]})
 
 
