@@ -16,7 +16,7 @@ from retention.clients import judge
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
 from retention.ids import canonical_ids, mongo_values
-from retention.model import Action, Batch, ClientRegistry, ClientStates, Counts, Selection
+from retention.model import Action, Batch, ClientRegistry, ClientStates, Counts, OptionValue, Selection
 from retention.retry import retrying
 from retention.transforms import KeyedHasher, record_text
 
@@ -34,7 +34,7 @@ class MongoConnector(ConnectorDefaults):
     transforms: ClassVar[frozenset[str]] = frozenset(
         {"null", "redact", "truncate_ip", "generalize_date", "mask", "hmac", "drop", "keep"})
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: Mapping[str, OptionValue]) -> None:
         self.name = name
         try:
             url = str(options["url"])

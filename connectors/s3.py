@@ -19,10 +19,10 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retention.connector import ConnectorDefaults, Option
+from retention.connector import ConnectorDefaults, ObjectClient, Option
 from retention.errors import ConnectorError, TargetMissing
 from retention.ids import canonical_id
-from retention.model import Action, Batch, Counts, Selection
+from retention.model import Action, Batch, Counts, OptionValue, Selection
 from retention.timeutil import parse_instant
 from retention.transforms import KeyedHasher
 
@@ -67,7 +67,7 @@ class S3Connector(ConnectorDefaults):
     )
     default_age_field: ClassVar[str | None] = "LastModified"
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: Mapping[str, OptionValue]) -> None:
         self.name = name
         self.client = boto3.session.Session().client(
             "s3", endpoint_url=options.get("endpoint_url") or None, region_name=options.get("region") or None,
@@ -79,9 +79,10 @@ class S3Connector(ConnectorDefaults):
         self._pool.shutdown(wait=True)
         self.client.close()
 
-    def object_client(self) -> Any:
+    def object_client(self) -> ObjectClient:
         """The boto3 client, for the WORM copy of the audit log."""
-        return self.client
+        client: ObjectClient = self.client
+        return client
 
     # -- targets ---------------------------------------------------------------------------------------------
 

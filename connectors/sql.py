@@ -31,7 +31,7 @@ from connectors.sql_errors import db_error, refused_by_a_record, transient
 from connectors.sql_predicates import predicates
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
-from retention.model import Action, Batch, ClientRegistry, Counts, Selection
+from retention.model import Action, Batch, ClientRegistry, Counts, OptionValue, Selection
 from retention.retry import retrying
 from retention.transforms import KeyedHasher, record_text
 
@@ -48,7 +48,7 @@ class SqlConnector(ConnectorDefaults):
     transforms: ClassVar[frozenset[str]] = frozenset(
         {"null", "redact", "truncate_ip", "generalize_date", "mask", "hmac", "keep"})
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: Mapping[str, OptionValue]) -> None:
         self.name = name
         try:
             url = make_url(self._driver_url(str(options["url"])))

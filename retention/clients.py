@@ -34,7 +34,7 @@ def judge(rows: Iterable[Mapping[str, Any]], registry: ClientRegistry, ended_bef
     return ClientStates(expired, frozenset(known) | expired)
 
 
-def ended_instant(value: Any) -> datetime | None:
+def ended_instant(value: object) -> datetime | None:
     """When a client ended: a timestamp (naive ones, such as BSON dates, are UTC) or a date (its first instant)."""
     if isinstance(value, datetime):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

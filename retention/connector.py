@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from retention.errors import ConfigError
-from retention.model import Action, Batch, Counts, Selection
+from retention.model import Action, Batch, Counts, OptionValue, Selection
 
 ENTRY_POINT_GROUP = "retention.connectors"
 
@@ -22,7 +22,7 @@ class Option:
     name: str
     kind: type = str
     required: bool = False
-    default: Any = None
+    default: OptionValue = None
     help: str = ""
 
 
@@ -93,7 +93,17 @@ class HostLock(Protocol):
 class ObjectStore(Protocol):
     """A store the WORM copy of the audit log can be written to (an S3 client, with Object Lock)."""
 
-    def object_client(self) -> Any: ...
+    def object_client(self) -> ObjectClient: ...
+
+
+class ObjectClient(Protocol):
+    """The S3 calls the WORM copy makes (boto3's client has them)."""
+
+    def get_paginator(self, operation_name: str) -> Any: ...
+
+    def get_object(self, **request: Any) -> Any: ...
+
+    def put_object(self, **request: Any) -> Any: ...
 
 
 def capable(kind: object, capability: type) -> bool:
@@ -112,7 +122,7 @@ class ConnectorType(Protocol):
     rule_options: tuple[Option, ...]
     default_age_field: str | None
 
-    def __call__(self, name: str, options: Mapping[str, Any]) -> Connector: ...
+    def __call__(self, name: str, options: Mapping[str, OptionValue]) -> Connector: ...
 
 
 class ConnectorDefaults:

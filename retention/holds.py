@@ -58,7 +58,7 @@ def _hold(source: HoldSource, index: int, row: Mapping[str, Any], rule_names: se
                 source=f"{source.connector}:{source.table}", reason=str(row.get(source.reason_field) or ""))
 
 
-def _until(value: Any) -> datetime | None:
+def _until(value: object) -> datetime | None:
     if isinstance(value, datetime):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     if isinstance(value, date):

@@ -25,12 +25,12 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 class NotAnId(ValueError):
     """A value that cannot name a record: a document, an array, a boolean, a fraction, bytes."""
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: object) -> None:
         # the type only: the value itself may be personal data or an injection attempt
         super().__init__(f"a {type(value).__name__} is not an id (ids are text, integers or uuids)")
 
 
-def canonical_id(value: Any) -> str | None:
+def canonical_id(value: object) -> str | None:
     """The text an id compares by; None for no id at all (NULL, missing, empty text)."""
     if value is None or value == "":
         return None
@@ -48,12 +48,13 @@ def canonical_id(value: Any) -> str | None:
         return str(value)
     if type(value).__module__ == "bson.objectid":
         return str(value)
-    if type(value).__module__ == "bson.binary" and getattr(value, "subtype", None) == UUID_SUBTYPE:
+    if isinstance(value, bytes) and type(value).__module__ == "bson.binary" \
+            and getattr(value, "subtype", None) == UUID_SUBTYPE:
         return str(uuid.UUID(bytes=bytes(value)))  # a BSON UUID, as drivers store uuid.UUID
     raise NotAnId(value)
 
 
-def canonical_ids(values: Iterable[Any]) -> frozenset[str]:
+def canonical_ids(values: Iterable[object]) -> frozenset[str]:
     """The canonical texts of `values`; no-ids and values that are not ids are left out (they name nothing)."""
     found = set()
     for value in values:

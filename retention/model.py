@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from retention.timeutil import Duration
+
+OptionValue = str | int | float | bool | None  # what a connector or rule option can be set to
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class Selection:
     client: ClientCondition | None
     held: HeldScope = field(default_factory=HeldScope)
     marker: str | None = None  # records with a marker set were already processed
-    scope: dict[str, Any] = field(default_factory=dict)  # connector-specific target keys (S3: prefix)
+    scope: dict[str, OptionValue] = field(default_factory=dict)  # connector-specific target keys (S3: prefix)
     now: datetime | None = None  # the evaluation instant, for stores that judge locks themselves (S3)
     erasure: Erasure | None = None  # set: the records this request names are "expired", age and client aside
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 import click
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 
 class Progress(Protocol):
@@ -34,13 +37,13 @@ class Bars:
 
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self._stream = stream
-        self._bar: Any = None
+        self._bar: ProgressBar[int] | None = None
 
     def start(self, rule: str, total: int) -> None:
         self.finish()
-        self._bar = click.progressbar(length=max(total, 1), label=f"{rule:<40.40}", file=self._stream,
-                                      show_pos=True, show_percent=True, width=30)
-        self._bar.__enter__()
+        bar: ProgressBar[int] = click.progressbar(length=max(total, 1), label=f"{rule:<40.40}", file=self._stream,
+                                                  show_pos=True, show_percent=True, width=30)
+        self._bar = bar.__enter__()
 
     def advance(self, count: int) -> None:
         if self._bar is not None:

@@ -10,11 +10,11 @@ from retention.report import Report
 from retention.timeutil import rfc3339
 
 
-def as_json(document: Any) -> str:
+def as_json(document: object) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False, default=str)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain fixed-width table; numbers right-aligned."""
     cells = [[_cell(value) for value in row] for row in rows]
     widths = [max([len(header)] + [len(row[i]) for row in cells]) for i, header in enumerate(headers)]
@@ -28,8 +28,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(headers)] + [line(row) for row in cells])
 
 
-def markdown(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def escape(value: Any) -> str:
+def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def escape(value: object) -> str:
         return _cell(value).replace("|", "\\|")
 
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
@@ -37,7 +37,7 @@ def markdown(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: object) -> str:
     if value is None:
         return "-"
     return str(value)

@@ -34,11 +34,11 @@ class ErasureRequest:
     """One row of the requests table. Ids are canonical text; `key` is the row's id as stored, to write back."""
 
     id: str
-    key: Any
+    key: object  # as stored, untrusted: written back through the store's own comparison
     client_id: str | None
     subject_id: str | None
     reason: str
-    received_at: Any
+    received_at: object  # as stored, untrusted: only ever printed
     status: str
     result: dict[str, Any] | None
     problem: str | None = None  # why it cannot be served, naming fields, never values

@@ -188,7 +188,7 @@ class Recorder:
                 digest = audit.record_ids("changed", rule.name, outcome.ids)[1] if audit.hashed_ids else None
                 audit.event(BatchApplied(rule.name, work.action.kind, outcome.count, work.request, digest))
             elif isinstance(outcome, HeldIds):
-                held += audit.record_ids("held", rule.name, outcome.ids, into=held_digest)[0]
+                held += audit.record_ids("held", rule.name, outcome.ids, into=held_digest.update)[0]
             elif isinstance(outcome, Finished):
                 audit.event(RuleFinished(
                     rule.name, report.total, report.matched, report.changed, report.held, report.blocked,

@@ -11,8 +11,8 @@ import structlog
 from retention.config import Config, Rule
 from retention.connector import Connector, HostLock, ObjectStore, RowTables, connector_type
 from retention.errors import ConfigError
-from retention.model import ClientRegistry
-from retention.settings import Environment
+from retention.model import ClientRegistry, OptionValue
+from retention.settings import Environment, EnvRef
 
 log = structlog.get_logger("retention")
 
@@ -65,7 +65,7 @@ def open_connectors(config: Config, env: Environment, rules: Sequence[Rule], als
     try:
         for name in sorted(names):
             settings = config.connectors[name]
-            options = {key: env.resolve(value) if value is not None and not isinstance(value, int | bool) else value
+            options: dict[str, OptionValue] = {key: env.resolve(value) if isinstance(value, str | EnvRef) else value
                        for key, value in settings.options.items()}
             kind = connector_type(settings.type, source=str(config.path), key=f"connectors.{name}.type")
             try:

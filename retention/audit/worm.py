@@ -11,17 +11,17 @@ import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retention.audit.events import RUN_FILE
 from retention.audit.writer import ChainHead
+from retention.connector import ObjectClient
 from retention.errors import AuditError
 
 
 class WormCopy:
-    def __init__(self, client: Any, bucket: str, prefix: str, retain_days: int) -> None:
+    def __init__(self, client: ObjectClient, bucket: str, prefix: str, retain_days: int) -> None:
         self.client, self.bucket, self.prefix, self.retain_days = client, bucket, prefix, retain_days
 
     def _names(self) -> set[str]:

@@ -117,10 +117,11 @@ class AuditWriter:
         self._prev = sha256_hex(line)
         self._seq += 1
 
-    def record_ids(self, kind: str, rule: str, hashes: Iterable[str], into: Any = None) -> tuple[int, str]:
+    def record_ids(self, kind: str, rule: str, hashes: Iterable[str],
+                   into: Callable[[bytes], object] | None = None) -> tuple[int, str]:
         """Append `kind rule hash` lines to the sidecar; return how many, and the SHA-256 of exactly those lines.
 
-        `into`, a running SHA-256, is fed the same lines: one digest over lines written in several calls.
+        `into` (a running SHA-256's `update`) is fed the same lines: one digest over lines written in several calls.
         """
         assert self._ids is not None
         digest, count = hashlib.sha256(), 0
@@ -131,7 +132,7 @@ class AuditWriter:
             self._ids_hash.update(data)
             digest.update(data)
             if into is not None:
-                into.update(data)
+                into(data)
             count += len(chunk)
         self._ids.flush()
         return count, digest.hexdigest()

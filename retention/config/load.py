@@ -8,14 +8,14 @@ import os
 import tomllib
 import zoneinfo
 from pathlib import Path
-from typing import Any
 
 from retention.config.model import DEFAULT_PATH, AuditConfig, Config, ConnectorConfig, JobConfig, WormConfig
 from retention.config.rules import rules_of
 from retention.config.sources import clients_of, holds_of, holds_source_of, requests_of
 from retention.connector import ConnectorType, HostLock, ObjectStore, capable, connector_type
 from retention.errors import ConfigError
-from retention.settings import Section
+from retention.model import OptionValue
+from retention.settings import EnvRef, Section
 
 
 def config_path(explicit: str | None) -> Path:
@@ -133,7 +133,7 @@ def _connectors(section: Section) -> tuple[dict[str, ConnectorConfig], dict[str,
         assert table is not None
         type_name = table.get("type", str)
         kind = connector_type(type_name, source=table.source, key=table.key("type"))
-        options: dict[str, Any] = {}
+        options: dict[str, OptionValue | EnvRef] = {}
         for option in kind.options:
             if option.kind is str:
                 value = table.setting(option.name, None)

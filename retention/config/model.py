@@ -6,11 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from retention.errors import ConfigError
-from retention.model import ClientRegistry, Transform
-from retention.settings import Setting
+from retention.model import ClientRegistry, OptionValue, Transform
+from retention.settings import EnvRef, Setting
 from retention.timeutil import Duration
 
 DEFAULT_PATH = Path("config/retention.toml")
@@ -51,7 +50,7 @@ class AuditConfig:
 class ConnectorConfig:
     name: str
     type: str
-    options: dict[str, Any]  # values may be EnvRef, resolved when the connector opens
+    options: dict[str, OptionValue | EnvRef]  # values may be EnvRef, resolved when the connector opens
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class Hold:
     """A legal hold: matching expired records are never changed and are counted as held."""
 
     name: str
-    client_ids: tuple[Any, ...] = ()
+    client_ids: tuple[str | int, ...] = ()
     rules: tuple[str, ...] = ()
     until: datetime | None = None
     source: str = "config"  # "config", or the connector:table it was read from
@@ -121,7 +120,7 @@ class Rule:
     max_fraction: float
     max_records: int | None
     batch_size: int | None
-    scope: dict[str, Any] = dataclasses.field(default_factory=dict)  # connector-specific target keys (S3: prefix)
+    scope: dict[str, OptionValue] = dataclasses.field(default_factory=dict)  # the connector's own keys (S3: prefix)
     subject_field: str | None = None  # which field names the end user, for erasure requests
 
     @property
@@ -131,7 +130,8 @@ class Rule:
     @property
     def subject(self) -> str | None:
         """The end user's field, or on S3 the `subject_key` pattern."""
-        return self.subject_field or self.scope.get("subject_key")
+        pattern = self.scope.get("subject_key")
+        return self.subject_field or (pattern if isinstance(pattern, str) else None)
 
 
 @dataclass(frozen=True)

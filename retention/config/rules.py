@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from retention.config.model import ACTIONS, TRANSFORMS, ConnectorConfig, Expire, Rule
 from retention.connector import ConnectorType
 from retention.errors import ConfigError
-from retention.model import ClientRegistry, Transform
+from retention.model import ClientRegistry, OptionValue, Transform
 from retention.settings import Section, Setting, is_missing
 from retention.timeutil import Duration, parse_duration
 
@@ -40,9 +38,10 @@ def _rule(section: Section, connectors: dict[str, ConnectorConfig], types: dict[
     if not target:
         raise section.error(kind.target_key, f"is required: the {kind.target_key} this rule enforces on a "
                                              f"{kind.type_name} connector")
-    scope: dict[str, Any] = {option.name: section.get(option.name, option.kind, option.default)
-                             for option in kind.rule_options}
-    expire = _expire(section, clients, kind, scope.get("client_key"))
+    scope: dict[str, OptionValue] = {option.name: section.get(option.name, option.kind, option.default)
+                                     for option in kind.rule_options}
+    client_key = scope.get("client_key")
+    expire = _expire(section, clients, kind, client_key if isinstance(client_key, str) else None)
     action = section.choice("action", ACTIONS)
     if action not in kind.actions:
         raise section.error("action", f'action = "{action}" is not possible on a {kind.type_name} connector: '
