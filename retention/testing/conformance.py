@@ -97,7 +97,8 @@ class ConnectorConformance:
         kind = connector_type(store.type_name)
         missing = [need for need in needs if not (capable(kind, RowTables) if need == "rows" else need in kind.actions)]
         if missing:
-            pytest.skip(f"a {store.type_name} connector has no {', '.join(missing)}")
+            named = ["tables of rows (a client registry)" if need == "rows" else f"{need} action" for need in missing]
+            pytest.skip(f"a {store.type_name} connector has no {', '.join(named)}")
 
     def plan(self, sandbox: Sandbox, *args: str, now: str = NOW_TEXT) -> dict[str, dict[str, Any]]:
         result = sandbox.cli("plan", "--now", now, "--format", "json", *args)
@@ -233,12 +234,16 @@ class ConnectorConformance:
         assert json.loads(Path(report["audit_file"]).read_text().splitlines()[0])["dry_run"] is True
 
     def test_batches_cover_every_record(self, sandbox: Sandbox, store: Store, now: Any) -> None:
-        """With batch_size = 2, seven expired records take four batches, each one audit event."""
+        """With batch_size = 2, seven expired records take four batches, each one audit event.
+
+        A connector may keep several batches in flight (S3: DeleteObjects calls), so they may be audited in the
+        order they complete: the batches are compared as a multiset.
+        """
         add_cookies(store, now, *[timedelta(days=800)] * 7, timedelta(days=1))
         sandbox.write(COOKIE_RULE)
         report = self.run(sandbox)
         events = [json.loads(line) for line in Path(report["audit_file"]).read_text().splitlines()]
-        assert [2, 2, 2, 1] == [e["count"] for e in events if e["event"] == "batch_applied"]
+        assert sorted([2, 2, 2, 1]) == sorted(e["count"] for e in events if e["event"] == "batch_applied")
         assert [7] == ids(store, "cookie_events")
 
     def test_sidecar_names_records_by_the_reference_keyed_hash(self, sandbox: Sandbox, store: Store, now: Any
@@ -260,7 +265,7 @@ class ConnectorConformance:
                       .replace("cookie_events", "no_such_target"), clients=False)
         rules = {r["name"]: r for r in self.run(sandbox, expect=1)["rules"]}
         assert ("ok", 1, "error") == (rules["cookies"]["status"], rules["cookies"]["changed"], rules["ghost"]["status"])
-        assert "no_such_target does not exist" in rules["ghost"]["error"]
+        assert f"{store.target_name('no_such_target')} does not exist" in rules["ghost"]["error"]
 
     def test_client_lifetime_delete_without_a_marker(self, sandbox: Sandbox, store: Store, now: Any) -> None:
         """A client-lifetime rule that deletes (no marker, nothing but the registry in its predicate) works too."""

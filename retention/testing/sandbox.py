@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from click.testing import CliRunner, Result
 
 from retention.audit import generate_keypair
 from retention.cli import main
+from retention.connector import RowTables, capable, connector_type
 from retention.testing.store import Store
 
 PSEUDONYM_KEY = "test-pseudonym-root-secret-0123456789"
@@ -16,7 +18,7 @@ PSEUDONYM_KEY = "test-pseudonym-root-secret-0123456789"
 CLIENTS = """
 [clients]
 connector = "app"
-{target_key} = "clients"
+{target_key} = "{target}"
 id_field = "{id_field}"
 status_field = "status"
 ended_at_field = "closed_at"
@@ -49,8 +51,20 @@ class Sandbox:
                 "APP_DATABASE_URL": self.store.url}
 
     def write(self, rules: str, *, extra: str = "", clients: bool = True) -> Path:
-        """Write the config with these rules; `{target}` in them becomes `table` or `collection`."""
-        rules = rules.replace("{target}", self.store.target_key)
+        """Write the config with these rules, in the store's own names.
+
+        `{target} = "NAME"` becomes the store's target key (`table`, `collection`, `bucket`) and
+        `store.target_name(NAME)`, any other `{target}` the target key alone; an age's `field = "NAME"` becomes
+        `store.age_field(NAME)` (`id_field`, `client_field` are left alone). The client registry is written when
+        asked for and the store's connector can hold tables of rows (a bucket cannot hold one).
+        """
+        store = self.store
+        rules = re.sub(r'\{target\} = "(\w+)"', lambda m: f'{store.target_key} = "{store.target_name(m[1])}"', rules)
+        rules = rules.replace("{target}", store.target_key)
+        rules = re.sub(r'\bfield = "(\w+)"', lambda m: f'field = "{store.age_field(m[1])}"', rules)
+        registry = CLIENTS.format(target_key=store.target_key, target=store.target_name("clients"),
+                                  id_field=store.id_field)
+        clients = clients and capable(connector_type(store.type_name), RowTables)
         self.config.write_text(f"""
 [job]
 state_dir = "{self.root}/state"
@@ -65,9 +79,9 @@ record_ids = "hashed"
 pseudonym_key = "${{RETENTION_PSEUDONYM_KEY}}"
 
 [connectors.app]
-type = "{self.store.type_name}"
-{self.store.connector_options()}
-{CLIENTS.format(target_key=self.store.target_key, id_field=self.store.id_field) if clients else ""}
+type = "{store.type_name}"
+{store.connector_options()}
+{registry if clients else ""}
 {extra}
 {rules}
 """)

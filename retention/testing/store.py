@@ -24,6 +24,14 @@ class Store:
     def connector_options(self) -> str:
         return 'url = "${APP_DATABASE_URL}"'
 
+    def target_name(self, table: str) -> str:
+        """The name a rule gives for the scenarios' `table` (a table, collection or bucket of this store)."""
+        return table
+
+    def age_field(self, name: str) -> str:
+        """How a rule's `expire.field` names the scenarios' timestamp field `name` on this store."""
+        return name
+
     def ts(self, value: datetime | None) -> Any:
         return value
 
