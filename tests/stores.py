@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import boto3
 import bson
 import pymongo
 from sqlalchemy import create_engine, text
@@ -151,3 +153,95 @@ class MongoStore(Store):
     def close(self) -> None:
         self.client.drop_database(self.database.name)
         self.client.close()
+
+
+class S3Store(Store):
+    """Fresh buckets on an S3 endpoint: a table is a bucket, a row an object keyed `str(id)`, its fields metadata.
+
+    Bucket names cannot hold `_`, and every store has its own: `cookie_events` is `b-<8 hex>-cookie-events`. A
+    field is user metadata named with `-` for `_` (header-safe everywhere): `collected_at` is the metadata
+    `collected-at` (RFC 3339; absent when None), which a rule names `metadata:collected-at`.
+    """
+
+    type_name = "s3"
+    target_key = "bucket"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.prefix = f"b-{uuid.uuid4().hex[:8]}-"
+        self.s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+
+    def connector_options(self) -> str:
+        return 'endpoint_url = "${APP_DATABASE_URL}"\nregion = "us-east-1"'
+
+    def target_name(self, table: str) -> str:
+        return self.prefix + table.replace("_", "-")
+
+    def age_field(self, name: str) -> str:
+        return f"metadata:{_metadata_name(name)}"
+
+    def ts(self, value: datetime | None) -> Any:
+        return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    def standard_schema(self) -> None:
+        for name in ("clients", "cookie_events", "end_users"):
+            self.s3.create_bucket(Bucket=self.target_name(name))
+
+    def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        for row in rows:
+            self._put(table, row["id"], {k: v for k, v in row.items() if k != "id"})
+
+    def _put(self, table: str, record_id: Any, fields: dict[str, Any]) -> None:
+        metadata = {_metadata_name(k): str(self.ts(v) if isinstance(v, datetime) else v)
+                    for k, v in fields.items() if v is not None}
+        self.s3.put_object(Bucket=self.target_name(table), Key=str(record_id), Body=b"", Metadata=metadata)
+
+    def _metadata(self, bucket: str, key: str, version_id: str | None = None) -> dict[str, str]:
+        version = {"VersionId": version_id} if version_id not in (None, "null") else {}
+        return dict(self.s3.head_object(Bucket=bucket, Key=key, **version)["Metadata"])
+
+    def _fields(self, bucket: str, key: str) -> dict[str, Any]:
+        return {name.replace("-", "_"): value for name, value in self._metadata(bucket, key).items()}
+
+    def find(self, table: str) -> list[dict[str, Any]]:
+        """Every object of the table's bucket: its id (the key, as an int) and its metadata, by ascending id."""
+        bucket = self.target_name(table)
+        rows = [{"id": int(item["Key"]), **self._fields(bucket, item["Key"])}
+                for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                for item in page.get("Contents", [])]
+        return sorted(rows, key=lambda row: row["id"])
+
+    def update(self, table: str, record_id: Any, values: dict[str, Any]) -> None:
+        self._put(table, record_id, {**self._fields(self.target_name(table), str(record_id)), **values})
+
+    def buckets(self) -> list[str]:
+        return sorted(b["Name"] for b in self.s3.list_buckets().get("Buckets", []) if b["Name"].startswith(self.prefix))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of every version and delete marker of the store's buckets: key, ETag, version, metadata, time."""
+        digest = hashlib.sha256()
+        for bucket in self.buckets():
+            digest.update(bucket.encode())
+            for page in self.s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+                for item in page.get("Versions", []):
+                    metadata = self._metadata(bucket, item["Key"], item["VersionId"])
+                    digest.update(repr((item["Key"], item["ETag"], item["VersionId"], item["IsLatest"],
+                                        item["LastModified"].isoformat(), sorted(metadata.items()))).encode())
+                for item in page.get("DeleteMarkers", []):
+                    digest.update(repr(("marker", item["Key"], item["VersionId"], item["IsLatest"],
+                                        item["LastModified"].isoformat())).encode())
+        return digest.hexdigest()
+
+    def close(self) -> None:
+        for bucket in self.buckets():
+            for page in self.s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+                objects = [{"Key": item["Key"], "VersionId": item["VersionId"]}
+                           for item in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+                if objects:
+                    self.s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+            self.s3.delete_bucket(Bucket=bucket)
+        self.s3.close()
+
+
+def _metadata_name(field: str) -> str:
+    return field.replace("_", "-")

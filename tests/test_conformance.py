@@ -1,4 +1,4 @@
-"""The conformance suite on every built-in connector, each against its real server."""
+"""The conformance suite on every built-in connector, each against its real server (S3: moto's)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conformance import ConnectorConformance
-from tests.stores import MongoStore, PostgresStore, SqliteStore
+from tests.stores import MongoStore, PostgresStore, S3Store, SqliteStore
 
 
 class TestPostgres(ConnectorConformance):
@@ -31,3 +31,11 @@ class TestMongo(ConnectorConformance):
     @pytest.fixture
     def store(self, mongo_store: MongoStore) -> MongoStore:
         return mongo_store
+
+
+class TestS3(ConnectorConformance):
+    @pytest.fixture
+    def store(self, moto_url: str) -> Iterator[S3Store]:
+        store = S3Store(moto_url)
+        yield store
+        store.close()
