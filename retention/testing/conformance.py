@@ -233,6 +233,17 @@ class ConnectorConformance:
         assert ([1, 3], [0, 0]) == ([r["matched"] for r in report["rules"]], [r["changed"] for r in report["rules"]])
         assert json.loads(Path(report["audit_file"]).read_text().splitlines()[0])["dry_run"] is True
 
+    def test_plan_and_dry_run_of_an_age_rule_change_nothing(self, sandbox: Sandbox, store: Store, now: Any
+                                                            ) -> None:
+        """A delete rule on ages alone, on every store (one without a registry too): plan and dry run read only."""
+        add_cookies(store, now, timedelta(days=800), timedelta(days=10), None)
+        sandbox.write(COOKIE_RULE, clients=False)
+        before = store.fingerprint()
+        assert 1 == self.plan(sandbox)["cookies"]["matched"]
+        rule = self.run(sandbox, "--dry-run")["rules"][0]
+        assert (1, 0) == (rule["matched"], rule["changed"])
+        assert before == store.fingerprint()
+
     def test_batches_cover_every_record(self, sandbox: Sandbox, store: Store, now: Any) -> None:
         """With batch_size = 2, seven expired records take four batches, each one audit event.
 
@@ -257,6 +268,19 @@ class ConnectorConformance:
         sidecar = Path(report["audit_file"].replace(".jsonl", ".ids")).read_text().splitlines()
         assert sorted([f"changed end-users {transforms.pseudonym(key, i)}" for i in (1, 2)]
                       + [f"held end-users {transforms.pseudonym(key, 4)}"]) == sorted(sidecar)
+
+    def test_sidecar_names_held_then_deleted_records_by_the_reference_keyed_hash(
+            self, sandbox: Sandbox, store: Store, now: Any) -> None:
+        """A delete rule's held records, and once the hold lapses its deleted ones, by HMAC-SHA256 of their key."""
+        add_cookies(store, now, timedelta(days=800), timedelta(days=10), timedelta(days=900))
+        key = derive(PSEUDONYM_KEY, RECORD_ID_LABEL)
+        hold = '[[holds]]\nname = "audit-2026"\nrules = ["cookies"]\nuntil = "2026-12-31"\n'
+        for extra, kind in ((hold, "held"), ("", "changed")):
+            sandbox.write(COOKIE_RULE, clients=False, extra=extra)
+            report = self.run(sandbox)
+            sidecar = Path(report["audit_file"].replace(".jsonl", ".ids")).read_text().splitlines()
+            assert sorted(f"{kind} cookies {transforms.pseudonym(key, i)}" for i in (0, 2)) == sorted(sidecar)
+        assert [1] == ids(store, "cookie_events")
 
     def test_a_missing_target_fails_only_its_rule(self, sandbox: Sandbox, store: Store, now: Any) -> None:
         """A rule whose table or collection is gone fails (exit 1); the other rules complete."""
