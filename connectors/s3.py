@@ -252,6 +252,7 @@ class S3Connector(ConnectorDefaults):
         hasher = KeyedHasher(id_key) if id_key else None
         size = max(1, min(batch_size, DELETE_CAP))
         errors: dict[str, int] = {}
+        failures: list[ConnectorError] = []  # a call that failed outright; the calls beside it are still reported
         in_flight: set[Future[tuple[list[S3Record], dict[str, int]]]] = set()
         chunk: list[S3Record] = []
         submitted = 0
@@ -262,14 +263,21 @@ class S3Connector(ConnectorDefaults):
                     {f for f in in_flight if f.done()}, None)
                 for future in done:
                     in_flight.discard(future)
-                    deleted, failed = future.result()
+                    try:
+                        deleted, failed = future.result()
+                    except ConnectorError as exc:
+                        failures.append(exc)
+                        continue
                     for code, count in failed.items():
                         errors[code] = errors.get(code, 0) + count
                     if deleted:
                         yield Batch(len(deleted), tuple(hasher(r.identity) for r in deleted) if hasher else ())
 
+            def halted() -> bool:
+                return bool(failures) or should_stop()
+
             for page in self._judged(selection):
-                if submitted >= limit or should_stop():
+                if submitted >= limit or halted():
                     break  # all that the count found is on its way (or a stop was asked for): list no more
                 for record, kind in page:
                     if kind != "matched" or submitted >= limit:
@@ -277,17 +285,19 @@ class S3Connector(ConnectorDefaults):
                     chunk.append(record)
                     submitted += 1
                     if len(chunk) == size:
-                        if should_stop():
+                        if halted():
                             break
                         if len(in_flight) >= IN_FLIGHT:
                             yield from finished(block=True)
                         in_flight.add(deleters.submit(self._delete, bucket, chunk))
                         chunk = []
                 yield from finished(block=False)
-            if chunk and not should_stop():  # after a stop, a chunk not yet sent stays unsent
+            if chunk and not halted():  # after a stop or a failure, a chunk not yet sent stays unsent
                 in_flight.add(deleters.submit(self._delete, bucket, chunk))
-            while in_flight:
+            while in_flight:  # every call sent is accounted for before anything is raised
                 yield from finished(block=True)
+        if failures:
+            raise failures[0]
         if versioned and submitted:
             self._remove_orphan_markers(bucket, str(selection.scope.get("prefix") or ""))
         if errors:

@@ -332,3 +332,39 @@ def test_a_dead_run_reaches_the_bucket_once_a_signed_run_seals_it(tmp_path: Path
     assert (copies / dead.name).read_bytes() == dead.read_bytes()
     result = box.cli("audit", "verify", str(copies))
     assert 0 == result.exit_code, result.stdout
+
+
+def test_a_failed_delete_call_still_reports_the_calls_beside_it(moto: S3Sandbox) -> None:
+    """One DeleteObjects call fails outright while others are in flight: every object that is gone is reported."""
+    import threading
+    from types import SimpleNamespace
+
+    from retention.config import load_config
+    from retention.errors import ConnectorError
+    from retention.units import compile_rule
+
+    for n in range(8):
+        moto.put(f"uploads/{n}", collected_at=OLD)
+    moto.write(RULE.format(bucket=moto.bucket, field="metadata:collected-at"))
+    config = load_config(moto.root / "retention.toml")
+    work = compile_rule(config, config.rules[0], datetime.now(UTC), b"k" * 32)
+    connector = S3Connector("files", {"endpoint_url": moto.endpoint, "region": "us-east-1"})
+    calls, guard = [0], threading.Lock()
+
+    def first_call_fails(**_: object) -> object:
+        with guard:
+            calls[0] += 1
+            if calls[0] > 1:
+                return None  # the real call
+        return SimpleNamespace(status_code=500), {"Error": {"Code": "InternalError", "Message": "injected"},
+                                                  "ResponseMetadata": {"HTTPStatusCode": 500}}
+
+    connector.client.meta.events.register("before-call.s3.DeleteObjects", first_call_fails)
+    batches = connector.apply(work.selection, work.action, batch_size=2, limit=100, id_key=b"k" * 32)
+    counts: list[int] = []
+    with pytest.raises(ConnectorError, match="InternalError"):
+        counts.extend(batch.count for batch in batches)
+    connector.close()
+    reported = sum(counts)
+    assert 8 - len(moto.keys()) == reported  # nothing deleted without being named in the evidence
+    assert reported == 6
