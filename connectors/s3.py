@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -19,30 +18,16 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from connectors.s3_records import S3Record, address, client_pattern, key_part, parse_age
 from retention.connector import ConnectorDefaults, ObjectClient, Option
 from retention.errors import ConnectorError, TargetMissing
 from retention.ids import canonical_id
 from retention.model import Action, Batch, Counts, OptionValue, Selection
-from retention.timeutil import parse_instant
 from retention.transforms import KeyedHasher
 
 DELETE_CAP = 1000  # S3 takes at most 1,000 keys per DeleteObjects call
 IN_FLIGHT = 4  # DeleteObjects calls running at once
 LOOKUPS = 16  # concurrent HEAD / GetObjectTagging calls when metadata, tags or locks must be read
-
-
-@dataclass(frozen=True)
-class S3Record:
-    """One object, or one version of an object on a versioned bucket."""
-
-    key: str
-    version_id: str | None
-    last_modified: datetime
-
-    @property
-    def identity(self) -> str:
-        """What names the record in the audit sidecar (by keyed hash): the key, and its version if any."""
-        return self.key if self.version_id is None else f"{self.key}?versionId={self.version_id}"
 
 
 class S3Connector(ConnectorDefaults):
@@ -140,7 +125,7 @@ class S3Connector(ConnectorDefaults):
         """Each page's records with their class: matched, held, unknown_age or kept (not expired)."""
         bucket, prefix = selection.target, str(selection.scope.get("prefix") or "")
         versioned, locked = self._versioned(bucket), self._lock_enabled(bucket)
-        pattern = _client_pattern(selection.client.field) if selection.client else None
+        pattern = client_pattern(selection.client.field) if selection.client else None
         for page in self._pages(bucket, prefix, versioned):
             ages = self._ages(bucket, selection, page)
             judged = [(record, self._class(selection, record, age, pattern)) for record, age in zip(page, ages,
@@ -160,12 +145,12 @@ class S3Connector(ConnectorDefaults):
         return list(self._pool.map(lambda record: read(bucket, record, name), page))
 
     def _metadata_age(self, bucket: str, record: S3Record, name: str) -> datetime | None:
-        head = self._call(self.client.head_object, **_address(bucket, record))
-        return _parse_age(head.get("Metadata", {}).get(name.lower()))
+        head = self._call(self.client.head_object, **address(bucket, record))
+        return parse_age(head.get("Metadata", {}).get(name.lower()))
 
     def _tag_age(self, bucket: str, record: S3Record, name: str) -> datetime | None:
-        tags = self._call(self.client.get_object_tagging, **_address(bucket, record)).get("TagSet", [])
-        return _parse_age(next((tag["Value"] for tag in tags if tag["Key"] == name), None))
+        tags = self._call(self.client.get_object_tagging, **address(bucket, record)).get("TagSet", [])
+        return parse_age(next((tag["Value"] for tag in tags if tag["Key"] == name), None))
 
     def _class(self, selection: Selection, record: S3Record, age: datetime | None, pattern: re.Pattern[str] | None
                ) -> str:
@@ -194,8 +179,8 @@ class S3Connector(ConnectorDefaults):
         """An erasure request names keys by their client (and subject) parts; holds and locks still apply."""
         erasure = selection.erasure
         assert erasure is not None
-        client = canonical_id(_key_part(erasure.client_field, "client_id", record.key))
-        subject = canonical_id(_key_part(erasure.subject_field, "subject_id", record.key)) \
+        client = canonical_id(key_part(erasure.client_field, "client_id", record.key))
+        subject = canonical_id(key_part(erasure.subject_field, "subject_id", record.key)) \
             if erasure.subject_field else None
         named = client == erasure.client_id and (not erasure.subject_field or subject == erasure.subject_id)
         if not named:
@@ -217,7 +202,7 @@ class S3Connector(ConnectorDefaults):
 
     def _is_locked(self, bucket: str, record: S3Record, now: datetime) -> bool:
         # GetObjectRetention is not implemented everywhere (moto answers 500); HEAD carries the same facts
-        head = self._call(self.client.head_object, **_address(bucket, record))
+        head = self._call(self.client.head_object, **address(bucket, record))
         until = head.get("ObjectLockRetainUntilDate")
         return head.get("ObjectLockLegalHoldStatus") == "ON" or (until is not None and until > now)
 
@@ -335,33 +320,3 @@ class S3Connector(ConnectorDefaults):
         for start in range(0, len(orphans), DELETE_CAP):
             self._call(self.client.delete_objects, Bucket=bucket,
                        Delete={"Objects": orphans[start:start + DELETE_CAP], "Quiet": True})
-
-
-def _address(bucket: str, record: S3Record) -> dict[str, str]:
-    return {"Bucket": bucket, "Key": record.key, **({"VersionId": record.version_id} if record.version_id else {})}
-
-
-def _parse_age(value: str | None) -> datetime | None:
-    """RFC 3339 or epoch seconds; anything else (or nothing) is an unknown age."""
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        return datetime.fromtimestamp(float(text), UTC) if re.fullmatch(r"\d+(\.\d+)?", text) else parse_instant(text)
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
-def _client_pattern(client_key: str, part: str = "client_id") -> re.Pattern[str]:
-    """`clients/{client_id}/` as a regular expression anchored at the start of the key."""
-    pattern = re.escape(client_key)
-    for name in ("client_id", "subject_id"):
-        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>[^/]+)" if name == part else r"[^/]+")
-    return re.compile(pattern)
-
-
-def _key_part(key_pattern: str | None, part: str, key: str) -> str | None:
-    if not key_pattern:
-        return None
-    match = _client_pattern(key_pattern, part).match(key)
-    return match.group(part) if match and part in match.groupdict() else None
