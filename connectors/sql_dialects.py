@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     String,
+    Table,
     and_,
     bindparam,
     case,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.dialects import postgresql
@@ -49,6 +51,10 @@ class SqlDialect:
 
     def engine_options(self) -> dict[str, Any]:
         return {}
+
+    def estimated_rows(self, query: Callable[[Any], list[Any]], table: Table) -> int | None:
+        """The database's own estimate of the table's live rows, without reading it; None when it has none."""
+        return None
 
     def chosen_rows(self, keys: Sequence[Any], candidate_keys: Sequence[Any], matching: ColumnElement[bool],
                     size: int) -> ColumnElement[bool]:
@@ -187,6 +193,22 @@ class PostgresDialect(SqlDialect):
                               type_=postgresql.ARRAY(postgresql.TEXT)), postgresql.ARRAY(_Tid()))
         row_ids = bindparam(None, texts, type_=postgresql.ARRAY(postgresql.TEXT))
         return and_(literal_column("ctid") == func.any(tids), locator[0] == func.any(row_ids))
+
+    def estimated_rows(self, query: Callable[[Any], list[Any]], table: Table) -> int | None:
+        # per leaf partition (a plain table is its own only leaf): the live-row count the statistics keep
+        # current with every insert and delete, else the last ANALYZE's; None if a leaf has neither
+        rows = query(text(
+            "WITH target AS (SELECT to_regclass(coalesce(quote_ident(:schema) || '.', '') || quote_ident(:name)) "
+            "AS r), "
+            "leaves AS (SELECT p.relid FROM target, pg_partition_tree(target.r) p WHERE p.isleaf "
+            "UNION SELECT r FROM target JOIN pg_class t ON t.oid = target.r WHERE t.relkind <> 'p') "
+            "SELECT sum(CASE WHEN s.n_live_tup > 0 THEN s.n_live_tup ELSE c.reltuples END)::bigint, "
+            "bool_and(s.n_live_tup > 0 OR c.reltuples >= 0) "
+            "FROM leaves JOIN pg_class c ON c.oid = leaves.relid "
+            "LEFT JOIN pg_stat_all_tables s ON s.relid = leaves.relid"
+        ).bindparams(schema=table.schema, name=table.name))
+        total, known = rows[0] if rows else (None, False)
+        return int(total) if known and total is not None else None
 
     def engine_options(self) -> dict[str, Any]:
         # date_trunc and naive timestamps are read in the session time zone: pin it to UTC.

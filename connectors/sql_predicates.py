@@ -14,7 +14,7 @@ from retention.model import Selection
 
 def predicates(dialect: SqlDialect, table: FromClause, selection: Selection, registry: Table | None, *,
                locking: bool = False) -> dict[str, ColumnElement[bool]]:
-    """Two-valued predicates (never NULL) for the classes a record can fall in.
+    """Two-valued predicates (never NULL) for the classes a record can fall in, and `in_scope`, their union.
 
     `registry` is the client registry's table when it lives in this database (None when its verdict came as
     lists). `locking` (for statements that change records) share-locks the registry rows consulted, so a client
@@ -50,6 +50,8 @@ def predicates(dialect: SqlDialect, table: FromClause, selection: Selection, reg
         "matched": and_(is_expired, not_(held), fresh),
         "held": and_(is_expired, held, fresh),
         "unknown_age": and_(not_(is_expired), or_(*unknown), fresh),
+        # every row of the three classes, as a condition an index on the age field can serve (a range, IS NULL)
+        "in_scope": and_(or_(is_expired, *unknown), fresh),
     }
 
 

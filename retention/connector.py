@@ -70,6 +70,15 @@ class Connector(Protocol):
 
 
 @runtime_checkable
+class ScanAdvice(Protocol):
+    """A store that can tell, for `check`, when a rule's statements would have to read a whole target."""
+
+    def scan_warnings(self, selection: Selection) -> list[str]:
+        """Why each run would read the whole target (no index on the age field, say); empty when all is well."""
+        ...
+
+
+@runtime_checkable
 class RowTables(Protocol):
     """A store that holds small tables of rows: the client registry, legal holds, erasure requests."""
 

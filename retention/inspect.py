@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from retention.config import Config, Hold
+from retention.connector import ScanAdvice
 from retention.errors import ConfigError, RetentionError, UsageError
 from retention.execute import assess, report_for
 from retention.holds import load_holds
@@ -64,6 +65,7 @@ class TargetCheck:
     problems: tuple[str, ...]
     unreachable: bool = False
     grants: tuple[str, ...] = ()  # GRANT statements that would give the role what the rules need
+    warnings: tuple[str, ...] = ()  # works, but costs more than it should (a whole-table scan every run)
 
 
 def check(config: Config, env: Environment, now: datetime) -> list[TargetCheck]:
@@ -94,7 +96,9 @@ def check(config: Config, env: Environment, now: datetime) -> list[TargetCheck]:
                                            None)
                     unit = request_work(work, probe)
                     problems += [p for p in connector.check(unit.selection, unit.action) if p not in problems]
-                results.append(TargetCheck(rule.name, target, tuple(problems)))
+                advice = connector.scan_warnings(work.selection) if isinstance(connector, ScanAdvice) and \
+                    not problems else []
+                results.append(TargetCheck(rule.name, target, tuple(problems), warnings=tuple(advice)))
             except RetentionError as exc:
                 results.append(TargetCheck(rule.name, target, (str(exc),), unreachable=True))
         try:

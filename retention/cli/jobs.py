@@ -39,6 +39,9 @@ def check(state: State, offline: bool) -> None:
     results = inspection.check(config, state.env, utc_now())
     click.echo(table(["rule", "target", "result"], [[r.rule, r.target, "; ".join(r.problems) or "ok"]
                                                     for r in results]))
+    warnings = [f"{r.rule}: {warning}" for r in results for warning in r.warnings]
+    if warnings:
+        click.echo("\nWarnings (the rules work, at a cost):\n" + "\n".join(warnings))
     grants = [grant for r in results for grant in r.grants]
     if grants:
         click.echo("\nMissing privileges (run as the tables' owner):\n" + "\n".join(grants))
