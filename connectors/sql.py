@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -269,23 +270,43 @@ class SqlConnector(ConnectorDefaults):
         hasher = KeyedHasher(id_key) if id_key else None
         excluded: list[Any] = []
         spent = [0]
-        while remaining > 0 and not should_stop():
-            size = min(batch_size, remaining)
+        # With record ids, a batch's keys are hashed on a second thread while the database runs the next batch
+        # (the driver releases the GIL while it waits): the hashing costs about as much as the statement.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sql-ids-{self.name}") as naming:
+            named: list[Future[Batch]] = []  # the one committed batch still being named
+
+            def settled() -> Iterator[Batch]:
+                while named:
+                    yield named.pop().result()
+
             try:
-                batch = self._batch(self.build(selection, action, size, id_key, excluded=excluded), hasher,
-                                    selection.target)
-            except _Refused:
-                rows = self._candidate_rows(selection, size, excluded)
-                if not rows:
-                    return
-                for batch in self._isolate(selection, action, rows, id_key, hasher, excluded, spent):
-                    remaining -= batch.count
-                    yield batch
-                continue
-            if not batch.count:
-                return
-            remaining -= batch.count
-            yield batch
+                while remaining > 0 and not should_stop():
+                    size = min(batch_size, remaining)
+                    try:
+                        count, rows = self._batch(self.build(selection, action, size, id_key, excluded=excluded),
+                                                  hasher is not None, selection.target)
+                    except _Refused:
+                        yield from settled()
+                        candidates = self._candidate_rows(selection, size, excluded)
+                        if not candidates:
+                            break
+                        for batch in self._isolate(selection, action, candidates, id_key, hasher, excluded, spent):
+                            remaining -= batch.count
+                            yield batch
+                        continue
+                    if not count:
+                        break
+                    remaining -= count
+                    following = naming.submit(_named, count, rows, hasher) if hasher else None
+                    yield from settled()
+                    if following is None:
+                        yield Batch(count)
+                    else:
+                        named.append(following)
+            except Exception:
+                yield from settled()  # a batch committed before the failure is reported before it
+                raise
+            yield from settled()
 
     def _isolate(self, selection: Selection, action: Action, rows: list[Any], id_key: bytes | None,
                  hasher: KeyedHasher | None, excluded: list[Any], spent: list[int]) -> Iterator[Batch]:
@@ -301,8 +322,9 @@ class SqlConnector(ConnectorDefaults):
                 continue
             spent[0] += 1
             try:
-                yield self._batch(self.build(selection, action, len(part), id_key, rows=part), hasher,
-                                  selection.target)
+                count, keys = self._batch(self.build(selection, action, len(part), id_key, rows=part),
+                                          hasher is not None, selection.target)
+                yield _named(count, keys, hasher)
             except _Refused as refused:
                 if len(part) == 1:
                     excluded.extend(part)
@@ -310,15 +332,18 @@ class SqlConnector(ConnectorDefaults):
                 else:
                     parts += [part[len(part) // 2:], part[:len(part) // 2]]
 
-    def _batch(self, statement: Any, hasher: KeyedHasher | None, target: str) -> Batch:
-        """Run one batch in its own transaction, retrying lost connections; a refusal by the data is `_Refused`."""
-        def run() -> Batch:
+    def _batch(self, statement: Any, keyed: bool, target: str) -> tuple[int, Sequence[Sequence[Any]]]:
+        """Run one batch in its own transaction, retrying lost connections; a refusal by the data is `_Refused`.
+
+        Returns how many records changed, and (when `keyed`) their keys, as the statement returned them.
+        """
+        def run() -> tuple[int, Sequence[Sequence[Any]]]:
             with self.engine.begin() as connection:
                 result = connection.execute(statement)
-                if hasher is None:
-                    return Batch(result.rowcount)
-                ids = tuple(hasher(record_text(row)) for row in result)
-                return Batch(len(ids), ids)
+                if not keyed:
+                    return result.rowcount, ()
+                keys = result.tuples().all()
+                return len(keys), keys
 
         try:
             return retrying(run, transient, what=f"batch on {target}")
@@ -346,6 +371,11 @@ class SqlConnector(ConnectorDefaults):
             return retrying(query, transient, what="count")
         except sa_exc.DBAPIError as exc:
             raise ConnectorError(f"query failed: {db_error(exc.orig)}") from None
+
+
+def _named(count: int, keys: Sequence[Sequence[Any]], hasher: KeyedHasher | None) -> Batch:
+    """A changed batch, its records named by the keyed hash of their keys (when record ids are kept)."""
+    return Batch(count, tuple(hasher(record_text(key)) for key in keys) if hasher else ())
 
 
 EXACT_TOTAL_BELOW = 10_000  # a table estimated smaller is counted exactly: cheap, and exact where stats lag

@@ -173,3 +173,21 @@ max_fraction = 1.0
     rule = json.loads(result.stdout)["rules"][0]
     assert (9, 1) == (rule["changed"], rule["blocked"]), rule["error"]
     assert [(date(2024, 1, 5), 3)] == [(r["created"], r["id"]) for r in pg_store.find("visits")]
+
+
+def test_a_failed_batch_never_hides_the_batches_committed_before_it(tmp_path: Path, pg_store: PostgresStore) -> None:
+    """Batch 3 fails on the statement itself (not a record's refusal): batches 1 and 2 are named, then the error."""
+    pg_store.standard_schema()
+    add_cookies(pg_store, NOW, *[timedelta(days=900 - n) for n in range(8)])  # ids in age order: 0 is oldest
+    pg_store.execute("CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "IF OLD.id = 4 THEN EXECUTE 'SELECT * FROM no_such_table'; END IF; RETURN OLD; END $$")
+    pg_store.execute("CREATE TRIGGER broken BEFORE DELETE ON cookie_events FOR EACH ROW EXECUTE FUNCTION broken()")
+    box = make_sandbox(tmp_path / "sandbox", pg_store)
+    box.write(COOKIE_RULE, clients=False)
+    result = box.cli("run", "--now", NOW_TEXT, "--format", "json")
+    assert 1 == result.exit_code, result.stdout + result.stderr
+    rule = json.loads(result.stdout)["rules"][0]
+    assert ("error", 4) == (rule["status"], rule["changed"]), rule
+    assert [4, 5, 6, 7] == [row[0] for row in pg_store.query("SELECT id FROM cookie_events ORDER BY id")]
+    sidecar = Path(json.loads(result.stdout)["audit_file"].replace(".jsonl", ".ids")).read_text().splitlines()
+    assert 4 == len([line for line in sidecar if line.startswith("changed cookies ")])

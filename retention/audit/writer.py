@@ -126,8 +126,10 @@ class AuditWriter:
         assert self._ids is not None
         digest, count = hashlib.sha256(), 0
         values = iter(hashes)
+        prefix = f"{kind} {rule} "
+        separator = "\n" + prefix
         while chunk := list(itertools.islice(values, 1000)):
-            data = "".join(f"{kind} {rule} {value}\n" for value in chunk).encode("utf-8")
+            data = (prefix + separator.join(chunk) + "\n").encode("utf-8")
             self._ids.write(data)
             self._ids_hash.update(data)
             digest.update(data)
