@@ -342,7 +342,7 @@ class SqlConnector(ConnectorDefaults):
                 result = connection.execute(statement)
                 if not keyed:
                     return result.rowcount, ()
-                keys = result.tuples().all()
+                keys = result.all()
                 return len(keys), keys
 
         try:
