@@ -5,10 +5,13 @@ A run lock across hosts (a session advisory lock) and `check`'s list of missing 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import ClassVar
 
+import structlog
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text
 
@@ -16,7 +19,10 @@ from connectors.sql import SqlConnector
 from connectors.sql_errors import db_error
 from retention.connector import Option
 from retention.errors import ConnectorError, LockHeld
+from retention.model import OptionValue
 from retention.privileges import Need
+
+log = structlog.get_logger("retention")
 
 
 class PostgresConnector(SqlConnector):
@@ -27,6 +33,35 @@ class PostgresConnector(SqlConnector):
     options: ClassVar[tuple[Option, ...]] = (
         Option("url", required=True, help="a libpq URL, e.g. postgresql://retention@db:5432/app"),
     )
+
+    def __init__(self, name: str, options: Mapping[str, OptionValue]) -> None:
+        super().__init__(name, options)
+        self._wal_samples: deque[tuple[int, float]] = deque()  # (WAL position written, when), oldest first
+
+    def replica_lag(self) -> float | None:
+        """Seconds since the oldest write of this run that the slowest streaming replica has not yet replayed.
+
+        Measured here, from WAL positions sampled at each call, rather than read from pg_stat_replication's
+        replay_lag, which keeps its last value while a replica stops replaying. None when there is no replica,
+        or when the role may not see the replicas' positions (that takes pg_monitor).
+        """
+        try:
+            current, replayed, replicas = self._all(text(
+                "SELECT pg_current_wal_lsn()::text, min(replay_lsn)::text, count(*) FROM pg_stat_replication"))[0]
+        except ConnectorError as exc:
+            log.warning("replica_lag_unknown", error=str(exc))
+            return None
+        if not replicas:
+            return None
+        if replayed is None:
+            log.warning("replica_lag_unknown", detail="the role cannot read the replicas' positions: GRANT pg_monitor")
+            return None
+        now, written, replayed_to = time.monotonic(), _lsn(current), _lsn(replayed)
+        if not self._wal_samples or written > self._wal_samples[-1][0]:
+            self._wal_samples.append((written, now))
+        while self._wal_samples and self._wal_samples[0][0] <= replayed_to:
+            self._wal_samples.popleft()
+        return now - self._wal_samples[0][1] if self._wal_samples else 0.0
 
     @contextmanager
     def advisory_lock(self, key: int) -> Iterator[None]:
@@ -85,3 +120,9 @@ class PostgresConnector(SqlConnector):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix):]
         return url
+
+
+def _lsn(text: str) -> int:
+    """A WAL position ("16/B374D848") as a number, to compare."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)

@@ -70,6 +70,15 @@ class Connector(Protocol):
 
 
 @runtime_checkable
+class ReplicaLag(Protocol):
+    """A store with replicas that can tell how far behind the slowest one is, so a run can wait for it."""
+
+    def replica_lag(self) -> float | None:
+        """Seconds the slowest replica is behind this run's writes; None when there is none to ask."""
+        ...
+
+
+@runtime_checkable
 class ScanAdvice(Protocol):
     """A store that can tell, for `check`, when a rule's statements would have to read a whole target."""
 

@@ -7,7 +7,7 @@ refused records.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import structlog
@@ -15,6 +15,7 @@ import structlog
 from retention.config import Config
 from retention.errors import RetentionError
 from retention.model import Counts
+from retention.pacing import Pace
 from retention.progress import Progress
 from retention.redact import error_summary
 from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, RuleReport
@@ -121,8 +122,11 @@ class Executor:
     id_key: bytes | None  # the record-id key (derived), to name records by keyed hash
     config: Config
     dry_run: bool
-    should_stop: Callable[[], bool]
+    pace: Pace  # the stop request, the run's time budget, the replicas' lag: consulted between batches
     progress: Progress
+
+    def should_stop(self) -> bool:
+        return self.pace.should_stop()
 
     def execute(self, work: RuleWork, report: RuleReport) -> Iterator[Outcome]:
         """Assess, then change batch by batch; a failure is this unit's own, and the run goes on.
@@ -137,7 +141,7 @@ class Executor:
             yield from self._execute(work, report, started)
         except (Interrupted, KeyboardInterrupt):
             report.status = INTERRUPTED
-            report.error = "interrupted; the batch in flight was committed or rolled back whole"
+            report.error = self.pace.reason
             report.duration_ms = int((time.monotonic() - started) * 1000)
             log.error("rule_failed", error_class="Interrupted", error=report.error, changed=report.changed)
             yield Failed("Interrupted", report.error)
@@ -169,6 +173,7 @@ class Executor:
             self.progress.start(rule.name, counts.matched)
             for batch in connector.apply(work.selection, work.action, batch_size=self.config.batch_size(rule),
                                          limit=counts.matched, id_key=self.id_key, should_stop=self.should_stop):
+                self.pace.before_next_batch(connector)  # the store is idle here: the next batch waits
                 if batch.blocked or batch.unsettled:
                     report.blocked += batch.blocked
                     unsettled += batch.unsettled

@@ -32,6 +32,10 @@ def write_metrics(path: Path, report: Report, state_dir: Path, finished: datetim
     Gauge("retention_run_success", "1 if the last run completed every rule", registry=registry).set(
         1 if report.exit_code == 0 else 0)
     Gauge("retention_run_dry_run", "1 if the last run was a dry run", registry=registry).set(int(report.dry_run))
+    Gauge("retention_run_out_of_time", "1 if job.max_duration stopped the last run between batches",
+          registry=registry).set(int(report.out_of_time))
+    Gauge("retention_run_replica_wait_seconds", "Seconds the last run waited for lagging replicas",
+          registry=registry).set(report.replica_wait_seconds)
     Gauge("retention_last_run_timestamp_seconds", "When the last run finished", registry=registry).set(
         finished.timestamp())
     marker = state_dir / LAST_SUCCESS

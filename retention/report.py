@@ -63,6 +63,8 @@ class Report:
     run_id: str | None = None
     audit_file: Path | None = None
     interrupted: bool = False
+    out_of_time: bool = False  # job.max_duration ended the run early
+    replica_wait_seconds: float = 0.0  # waited between batches for lagging replicas (job.max_replica_lag)
     audit_copy_error: str | None = None  # the WORM copy could not be read or written
     requests: list[RequestOutcome] = field(default_factory=list)  # each erasure request processed
     errors: list[str] = field(default_factory=list)  # failures outside any rule (an unreadable requests table)
@@ -90,6 +92,7 @@ class Report:
         if self.is_run:
             data.update(run_id=self.run_id, audit_file=str(self.audit_file) if self.audit_file else None,
                         dry_run=self.dry_run, status=self.status, exit_code=self.exit_code,
-                        audit_copy_error=self.audit_copy_error, errors=self.errors,
+                        audit_copy_error=self.audit_copy_error, errors=self.errors, out_of_time=self.out_of_time,
+                        replica_wait_seconds=round(self.replica_wait_seconds, 3),
                         requests=[outcome.to_json() for outcome in self.requests])
         return data

@@ -35,6 +35,7 @@ from retention.execute import Applied, Executor, Finished, HeldIds, Interrupted,
 from retention.holds import load_holds
 from retention.lock import host_lock, run_lock
 from retention.metrics import write_metrics
+from retention.pacing import Pace
 from retention.progress import Progress, Silent
 from retention.redact import error_summary
 from retention.report import ERROR, INTERRUPTED, OVER_THRESHOLD, Report, RuleReport
@@ -97,11 +98,12 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
         log.info("run_started", dry_run=dry_run, now=rfc3339(now), rules=len(rules),
                  previous_incomplete=audit.previous_incomplete)
         started = time.monotonic()
+        pace = Pace(should_stop, clock=clock, budget=config.job.max_duration, max_lag=config.job.max_replica_lag)
         try:
-            executor = Executor(connectors, id_key, config, dry_run, should_stop, progress or Silent())
+            executor = Executor(connectors, id_key, config, dry_run, pace, progress or Silent())
             recorder = Recorder(audit)
             for work in works:
-                if should_stop():
+                if executor.should_stop():
                     raise Interrupted
                 rule_report = report_for(work)
                 report.rules.append(rule_report)
@@ -115,6 +117,7 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
             report.errors.append(_unexpected(exc))
             log.error("run_failed", error=report.errors[-1])
         finally:
+            report.out_of_time, report.replica_wait_seconds = pace.out_of_time, pace.paused_seconds
             _finish(audit, report, started, id_key is not None)
             if worm:
                 _copy_to_worm(worm, audit, config.audit.dir, report, clock())

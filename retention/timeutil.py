@@ -55,6 +55,20 @@ def parse_duration(text: str) -> Duration:
     return duration
 
 
+_SPAN = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day|week)s?\s*$", re.IGNORECASE)
+
+
+def parse_span(text: str) -> timedelta:
+    """Parse a span of clock time, "N second(s)|minute(s)|hour(s)|day(s)|week(s)", above zero."""
+    match = _SPAN.match(text)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f'expected a span above zero like "90 seconds", "30 minutes" or "4 hours", got {text!r}')
+    amount, unit = int(match.group(1)), match.group(2).lower()
+    if amount * {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}[unit] > 366 * 86400:
+        raise ValueError(f"expected a span of at most a year, got {text!r}")
+    return timedelta(**{f"{unit}s": amount})
+
+
 def parse_instant(text: str) -> datetime:
     """Parse an RFC 3339 instant; a time zone offset (or Z) is required."""
     try:

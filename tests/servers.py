@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -37,24 +38,48 @@ def postgres_bin(name: str) -> str:
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
     """Yield the URL of a fresh PostgreSQL server (superuser `postgres`, trust auth) and stop it afterwards."""
-    as_root = os.geteuid() == 0
-    owner = pwd.getpwnam("postgres") if as_root else None
-    base = Path(tempfile.mkdtemp(prefix="rpg-"))
-    data, sockets = base / "data", base / "s"
-    sockets.mkdir()
-    if owner:
-        for path in (base, sockets):
-            os.chown(path, owner.pw_uid, owner.pw_gid)
-    run_as = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []} if owner else {}
+    base, run_as = _postgres_base()
+    data = base / "data"
     subprocess.run([postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync",
                     "-E", "UTF8", "--locale=C"], check=True, capture_output=True, **run_as)
+    with _postgres_running(base, data, run_as) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_replica(primary: str) -> Iterator[str]:
+    """Yield the URL of a streaming replica of `primary` (pg_basebackup -R), and stop it afterwards."""
+    base, run_as = _postgres_base()
+    data = base / "data"
+    host_port = primary.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.split(":")
+    subprocess.run([postgres_bin("pg_basebackup"), "-D", str(data), "-h", host, "-p", port, "-U", "postgres",
+                    "-R", "-X", "stream", "--no-sync"], check=True, capture_output=True, **run_as)
+    with _postgres_running(base, data, run_as, "-c", "hot_standby=on") as url:
+        yield url
+
+
+def _postgres_base() -> tuple[Path, dict[str, Any]]:
+    """A folder for one server, owned by `postgres` when we are root (the server refuses to run as root)."""
+    owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+    base = Path(tempfile.mkdtemp(prefix="rpg-"))
+    (base / "s").mkdir()
+    if owner:
+        for path in (base, base / "s"):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+    return base, {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []} if owner else {}
+
+
+@contextlib.contextmanager
+def _postgres_running(base: Path, data: Path, run_as: dict[str, Any], *settings: str) -> Iterator[str]:
     port = free_port()
     log = base / "server.log"
-    process = subprocess.Popen(
-        [postgres_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets), "-h", "127.0.0.1",
-         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-         "-c", "max_connections=100", "-c", "shared_buffers=128MB"],
-        stdout=subprocess.DEVNULL, stderr=open(log, "wb"), **run_as)  # noqa: SIM115
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            [postgres_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(base / "s"), "-h", "127.0.0.1",
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", "max_connections=100", "-c", "shared_buffers=128MB", *settings],
+            stdout=subprocess.DEVNULL, stderr=log_file, **run_as)
     try:
         _wait_for_port(port, process, "PostgreSQL", log)
         time.sleep(0.1)

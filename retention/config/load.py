@@ -16,6 +16,7 @@ from retention.connector import ConnectorType, HostLock, ObjectStore, capable, c
 from retention.errors import ConfigError
 from retention.model import OptionValue
 from retention.settings import EnvRef, Section
+from retention.timeutil import parse_span
 
 
 def config_path(explicit: str | None) -> Path:
@@ -99,7 +100,9 @@ def _job(section: Section | None) -> JobConfig:
         lock.done()
     metrics = section.get("metrics_file", str, None)
     job = JobConfig(timezone, schedule, Path(section.get("state_dir", str, "var/retention")), batch_size,
-                    lock_connector, Path(metrics) if metrics else None)
+                    lock_connector, Path(metrics) if metrics else None,
+                    section.parsed("max_duration", parse_span, None),
+                    section.parsed("max_replica_lag", parse_span, None))
     section.done()
     return job
 

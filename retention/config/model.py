@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from retention.errors import ConfigError
@@ -26,6 +26,8 @@ class JobConfig:
     batch_size: int = 5000
     lock_connector: str | None = None  # also take a PostgreSQL advisory lock there: one run across hosts
     metrics_file: Path | None = None  # a Prometheus textfile, written atomically after each run
+    max_duration: timedelta | None = None  # stop between batches once the run has taken this long
+    max_replica_lag: timedelta | None = None  # wait between batches while a store's replicas lag more
 
 
 @dataclass(frozen=True)
