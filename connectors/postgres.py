@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import ClassVar
 
@@ -15,11 +15,12 @@ import structlog
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text
 
+from connectors import pg_partitions
 from connectors.sql import SqlConnector
 from connectors.sql_errors import db_error
 from retention.connector import Option
 from retention.errors import ConnectorError, LockHeld
-from retention.model import OptionValue
+from retention.model import Action, Batch, OptionValue, Selection
 from retention.privileges import Need
 
 log = structlog.get_logger("retention")
@@ -34,9 +35,38 @@ class PostgresConnector(SqlConnector):
         Option("url", required=True, help="a libpq URL, e.g. postgresql://retention@db:5432/app"),
     )
 
+    rule_options: ClassVar[tuple[Option, ...]] = (
+        Option("drop_partitions", kind=bool, default=False,
+               help="drop range partitions of the age field whose every record is expired and none held, instead "
+                    "of deleting them row by row (the role must own the table)"),
+    )
+
     def __init__(self, name: str, options: Mapping[str, OptionValue]) -> None:
         super().__init__(name, options)
         self._wal_samples: deque[tuple[int, float]] = deque()  # (WAL position written, when), oldest first
+
+    def check(self, selection: Selection, action: Action) -> list[str]:
+        found = super().check(selection, action)
+        if selection.scope.get("drop_partitions") and not found:
+            found += pg_partitions.problems(self, self.table(selection.target), selection, action.kind)
+        return found
+
+    def statement(self, selection: Selection, action: Action) -> str:
+        shown = super().statement(selection, action)
+        if pg_partitions.wanted(selection) and action.kind == "delete":
+            shown = "DETACH PARTITION + DROP TABLE for each wholly expired, unheld partition; then " + shown
+        return shown
+
+    def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int, id_key: bytes | None,
+              should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
+        """Wholly expired partitions first (when asked for), then the rest of the records batch by batch."""
+        remaining = limit
+        if pg_partitions.wanted(selection) and action.kind == "delete":
+            for batch in pg_partitions.drop_expired(self, selection, limit, id_key, should_stop):
+                remaining -= batch.count
+                yield batch
+        yield from super().apply(selection, action, batch_size=batch_size, limit=remaining, id_key=id_key,
+                                 should_stop=should_stop)
 
     def replica_lag(self) -> float | None:
         """Seconds since the oldest write of this run that the slowest streaming replica has not yet replayed.

@@ -87,6 +87,10 @@ class SqlConnector(ConnectorDefaults):
                 raise ConnectorError(f"cannot reach the database: {db_error(exc.orig)}") from None
         return self._tables[name]
 
+    def forget(self, name: str) -> None:
+        """Drop a table from the reflection cache (it was dropped: a partition)."""
+        self._tables.pop(name, None)
+
     def _column(self, table: Table, field: str, role: str) -> Column[Any]:
         if field not in table.c:
             raise TargetMissing(f"{role} column {field!r} does not exist in table {table.fullname}")

@@ -86,6 +86,7 @@ class Applied:
 
     count: int
     ids: tuple[str, ...]
+    partition: str | None = None  # the batch was this whole partition, dropped
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ class Executor:
                     continue
                 self.progress.advance(batch.count)
                 report.changed += batch.count
-                yield Applied(batch.count, batch.ids)
+                yield Applied(batch.count, batch.ids, batch.partition)
                 log.debug("batch_applied", count=batch.count, changed=report.changed)
             self.progress.finish()
             if self.should_stop():

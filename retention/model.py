@@ -139,6 +139,7 @@ class Batch:
     blocked: int = 0  # records the store refused to change, isolated (a foreign key, a trigger, a check)
     refusal: str | None = None  # what refused them, naming constraints and tables, never values
     unsettled: int = 0  # records of refused batches left untried this run (the isolation budget was spent)
+    partition: str | None = None  # the batch was a whole partition, dropped (PostgreSQL, drop_partitions)
 
 
 __all__ = ["Action", "AgeCondition", "Batch", "ClientCondition", "ClientRegistry", "ClientStates", "Counts", "Duration",

@@ -189,7 +189,8 @@ class Recorder:
                                         str(rule.max_fraction), rule.max_records))
             elif isinstance(outcome, Applied):
                 digest = audit.record_ids("changed", rule.name, outcome.ids)[1] if audit.hashed_ids else None
-                audit.event(BatchApplied(rule.name, work.action.kind, outcome.count, work.request, digest))
+                audit.event(BatchApplied(rule.name, work.action.kind, outcome.count, work.request, digest,
+                                          outcome.partition))
             elif isinstance(outcome, HeldIds):
                 held += audit.record_ids("held", rule.name, outcome.ids, into=held_digest.update)[0]
             elif isinstance(outcome, Finished):

@@ -109,12 +109,13 @@ class RuleStarted(AuditEvent):
 @dataclass(frozen=True)
 class BatchApplied(AuditEvent):
     event: ClassVar[str] = "batch_applied"
-    optional: ClassVar[frozenset[str]] = frozenset({"request", "ids_digest"})
+    optional: ClassVar[frozenset[str]] = frozenset({"request", "ids_digest", "partition"})
     rule: str
     action: str
     count: int
     request: str | None = None
     ids_digest: str | None = None
+    partition: str | None = None  # a whole partition, dropped (drop_partitions)
 
 
 @dataclass(frozen=True)
