@@ -195,14 +195,17 @@ class PostgresDialect(SqlDialect):
         return and_(literal_column("ctid") == func.any(tids), locator[0] == func.any(row_ids))
 
     def estimated_rows(self, query: Callable[[Any], list[Any]], table: Table) -> int | None:
-        # per leaf partition (a plain table is its own only leaf): the live-row count the statistics keep
-        # current with every insert and delete, else the last ANALYZE's; None if a leaf has neither
+        # per leaf partition (a plain table is its own only leaf): the smaller of the live-row count the
+        # statistics keep with every insert and delete and the last ANALYZE's (each can run high: a race
+        # between them, or rows deleted since), so that max_fraction errs toward skipping; None if a leaf has
+        # neither
         rows = query(text(
             "WITH target AS (SELECT to_regclass(coalesce(quote_ident(:schema) || '.', '') || quote_ident(:name)) "
             "AS r), "
             "leaves AS (SELECT p.relid FROM target, pg_partition_tree(target.r) p WHERE p.isleaf "
             "UNION SELECT r FROM target JOIN pg_class t ON t.oid = target.r WHERE t.relkind <> 'p') "
-            "SELECT sum(CASE WHEN s.n_live_tup > 0 THEN s.n_live_tup ELSE c.reltuples END)::bigint, "
+            "SELECT sum(CASE WHEN s.n_live_tup > 0 AND c.reltuples >= 0 THEN least(s.n_live_tup, c.reltuples) "
+            "WHEN s.n_live_tup > 0 THEN s.n_live_tup ELSE c.reltuples END)::bigint, "
             "bool_and(s.n_live_tup > 0 OR c.reltuples >= 0) "
             "FROM leaves JOIN pg_class c ON c.oid = leaves.relid "
             "LEFT JOIN pg_stat_all_tables s ON s.relid = leaves.relid"

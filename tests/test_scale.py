@@ -31,6 +31,14 @@ def big_table(tmp_path: Path, pg_store: PostgresStore) -> Sandbox:
                      "ELSE timestamptz '2026-06-01' + g * interval '1 second' END FROM generate_series(1, 50000) g")
     pg_store.execute("CREATE INDEX cookie_events_collected_at ON cookie_events (collected_at)")
     pg_store.execute("ANALYZE cookie_events")
+    # the setup's own scans (CREATE INDEX reads the table) must be counted before a test takes its `before`:
+    # a session reports its statistics when it ends, and the inserted rows arrive in the same report
+    pg_store.engine.dispose()
+    deadline = time.monotonic() + 10
+    while pg_store.scalar("SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = 'cookie_events'") < 50000:
+        assert time.monotonic() < deadline, "the setup's statistics never arrived"
+        time.sleep(0.05)  # polling the server's counters
+        pg_store.engine.dispose()
     box = make_sandbox(tmp_path / "sandbox", pg_store)
     box.write(RULE.replace("max_fraction = 1.0", "max_fraction = 0.5"), clients=False)
     return box
