@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -97,7 +98,12 @@ def test_a_second_host_exits_4_while_the_advisory_lock_is_held(sandbox: Sandbox,
         result = sandbox.cli("run")
         assert 4 == result.exit_code and "another host holds the run lock" in result.stderr
         assert [] == audit_files(sandbox)
-    assert 0 == sandbox.cli("run").exit_code  # released with the session that held it
+    # released when the session that held it ends (the server notices the disconnect a moment later)
+    deadline = time.monotonic() + 10
+    while pg_store.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"):
+        assert time.monotonic() < deadline, "the advisory lock outlived its session"
+        time.sleep(0.05)  # polling the server
+    assert 0 == sandbox.cli("run").exit_code
 
 
 def test_metrics_file_has_per_rule_counts_status_and_last_success(sandbox: Sandbox, tmp_path: Path) -> None:
