@@ -182,3 +182,14 @@ def test_a_real_replica_that_stops_replaying_pauses_the_run_until_it_resumes(tmp
                     if line.startswith("retention_run_replica_wait_seconds"))
         assert float(wait.split()[1]) >= 1.5
         store.close()
+
+
+def test_mongodb_majority_commit_lag_is_read_from_hello() -> None:
+    from connectors.mongodb_lag import majority_commit_lag
+
+    written = datetime(2026, 11, 30, 1, 0, 40)
+    assert 40.0 == majority_commit_lag({"lastWrite": {"lastWriteDate": written,
+                                                      "majorityWriteDate": datetime(2026, 11, 30, 1, 0, 0)}})
+    assert 0.0 == majority_commit_lag({"lastWrite": {"lastWriteDate": written, "majorityWriteDate": written}})
+    assert majority_commit_lag({"isWritablePrimary": True}) is None  # a standalone server has no replicas
+    assert majority_commit_lag({"lastWrite": {"lastWriteDate": "soon"}}) is None
