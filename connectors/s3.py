@@ -4,21 +4,55 @@ S3 cannot evaluate a predicate, so the "statement" is a listing predicate evalua
 DeleteObjects calls of up to 1,000 keys, several in flight. On a versioned bucket each version is a record,
 deleted by its VersionId (exact: a version never changes), and a key's delete markers are removed once no
 version of it remains. Object Lock (retention or legal hold) is never bypassed: such versions count as held.
+
+The prefix is listed once. `count` keeps the records it matched or held (the first `memory_bound` in memory, the
+rest in an anonymous temporary file); `apply` and `held_ids` of the same Selection object use them, anything else
+lists afresh. What may have changed since the count is looked at again, and only that:
+
+- a version (a VersionId other than `null`): nothing that a LastModified or metadata age, a key pattern or a
+  hold reads can change, and DeleteObjects by VersionId removes exactly that version; it is deleted unread.
+- an object of an unversioned bucket (or a `null` version, which a write replaces when versioning is
+  suspended): it may have been rewritten under the same key, and S3 offers no delete conditional on what the
+  verdict read for ordinary buckets. DeleteObject's `If-Match` and DeleteObjects' per-object `ETag` compare
+  ETags only (the LastModifiedTime and Size conditions are for directory buckets); an ETag stays the same when
+  the same body is written again, so a rewrite that renews only LastModified or metadata would pass, and not
+  every store applies the condition (moto ignores the per-object ETag and deletes; SeaweedFS applies it). So the
+  object is looked up in a fresh listing (read forward from just before the keys counted, never over the
+  runs of keys between them) and deleted only if its LastModified and ETag are those the count saw; one that
+  changed is judged afresh (metadata and tags read again), one that is gone is skipped. LastModified has
+  one-second resolution: for a metadata age, an object the count listed within SETTLE of its last write is
+  always read again (a rewrite of the same body in that second would show no difference).
+  Rules that judge by key alone (a client's end, an erasure request) need none of this: a rewrite keeps the key.
+- tags and Object Lock change without a new version or LastModified: tag ages are read again, and on a bucket
+  with Object Lock each version is checked again (the server refuses to delete a locked version regardless).
 """
 
 from __future__ import annotations
 
+import enum
+import itertools
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import UTC, datetime
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from connectors.s3_records import S3Record, address, client_pattern, key_part, parse_age
+from connectors.s3_records import (
+    ListingCursor,
+    RecordSpool,
+    S3Record,
+    address,
+    client_pattern,
+    key_part,
+    parse_age,
+)
 from retention.connector import ConnectorDefaults, ObjectClient, Option
 from retention.errors import ConnectorError, TargetMissing
 from retention.ids import canonical_id
@@ -28,6 +62,25 @@ from retention.transforms import KeyedHasher
 DELETE_CAP = 1000  # S3 takes at most 1,000 keys per DeleteObjects call
 IN_FLIGHT = 4  # DeleteObjects calls running at once
 LOOKUPS = 16  # concurrent HEAD / GetObjectTagging calls when metadata, tags or locks must be read
+MEMORY_RECORDS = 100_000  # matched and held records a count keeps in memory; the rest go to a temporary file
+SETTLE = timedelta(seconds=2)  # listed this long after its LastModified, a rewrite since would show (plus skew)
+GONE_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "405", "MethodNotAllowed"})  # (405: a delete marker)
+
+
+class Missing(enum.Enum):
+    """What a read of an object's metadata, tags or lock finds when the object is no longer there."""
+
+    GONE = "gone"  # deleted since it was listed: not counted, not deleted, not reported
+
+
+@dataclass
+class _Collection:
+    """What one count matched and held, for the `apply` and `held_ids` of the same Selection object."""
+
+    selection: Selection
+    records: RecordSpool
+    applied: bool = False  # used once: a second apply lists afresh
+    held_changed: bool = False  # a record turned held since the count: held_ids lists afresh to name it
 
 
 class S3Connector(ConnectorDefaults):
@@ -51,6 +104,7 @@ class S3Connector(ConnectorDefaults):
         Option("subject_key", help='where an end user\'s id sits, e.g. "clients/{client_id}/users/{subject_id}/"'),
     )
     default_age_field: ClassVar[str | None] = "LastModified"
+    memory_bound: int = MEMORY_RECORDS
 
     def __init__(self, name: str, options: Mapping[str, OptionValue]) -> None:
         self.name = name
@@ -59,8 +113,10 @@ class S3Connector(ConnectorDefaults):
             config=BotoConfig(max_pool_connections=LOOKUPS + IN_FLIGHT, retries={"max_attempts": 5,
                                                                                   "mode": "standard"}))
         self._pool = ThreadPoolExecutor(max_workers=LOOKUPS, thread_name_prefix=f"s3-{name}")
+        self._collection: _Collection | None = None
 
     def close(self) -> None:
+        self._release()
         self._pool.shutdown(wait=True)
         self.client.close()
 
@@ -82,13 +138,29 @@ class S3Connector(ConnectorDefaults):
         """One S3 call, its errors named by code (never by key: keys may hold personal data)."""
         try:
             return method(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, method, kwargs) from None
+
+    def _lookup(self, method: Callable[..., Any], **kwargs: Any) -> Any:
+        """One call about an object (or version); None when it is gone (deleted since it was listed)."""
+        try:
+            return method(**kwargs)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "Unknown")
-            if code in ("NoSuchBucket", "404") and "Bucket" in kwargs and "Key" not in kwargs:
-                raise TargetMissing(f"bucket {kwargs['Bucket']} does not exist") from None
-            raise ConnectorError(f"S3 {method.__name__} failed: {code}") from None
+            if exc.response.get("Error", {}).get("Code", "Unknown") in GONE_CODES:
+                return None
+            raise self._error(exc, method, kwargs) from None
         except BotoCoreError as exc:
-            raise ConnectorError(f"cannot reach S3: {type(exc).__name__}") from None
+            raise self._error(exc, method, kwargs) from None
+
+    @staticmethod
+    def _error(exc: ClientError | BotoCoreError, method: Callable[..., Any], kwargs: Mapping[str, Any]
+               ) -> ConnectorError:
+        if isinstance(exc, BotoCoreError):
+            return ConnectorError(f"cannot reach S3: {type(exc).__name__}")
+        code = exc.response.get("Error", {}).get("Code", "Unknown")
+        if code in ("NoSuchBucket", "404") and "Bucket" in kwargs and "Key" not in kwargs:
+            return TargetMissing(f"bucket {kwargs['Bucket']} does not exist")
+        return ConnectorError(f"S3 {method.__name__} failed: {code}")
 
     def _versioned(self, bucket: str) -> bool:
         status = self._call(self.client.get_bucket_versioning, Bucket=bucket).get("Status")
@@ -111,8 +183,7 @@ class S3Connector(ConnectorDefaults):
             field, version = "Contents", None
         try:
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-                yield [S3Record(item["Key"], item[version] if version else None, item["LastModified"])
-                       for item in page.get(field, [])]
+                yield _records(page, field, version)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "Unknown")
             if code == "NoSuchBucket":
@@ -125,16 +196,17 @@ class S3Connector(ConnectorDefaults):
         """Each page's records with their class: matched, held, unknown_age or kept (not expired)."""
         bucket, prefix = selection.target, str(selection.scope.get("prefix") or "")
         versioned, locked = self._versioned(bucket), self._lock_enabled(bucket)
-        pattern = client_pattern(selection.client.field) if selection.client else None
         for page in self._pages(bucket, prefix, versioned):
-            ages = self._ages(bucket, selection, page)
-            judged = [(record, self._class(selection, record, age, pattern)) for record, age in zip(page, ages,
-                                                                                                   strict=True)]
-            if locked:
-                judged = self._apply_locks(bucket, selection, judged)
-            yield judged
+            yield self._judge(selection, page, locked)
 
-    def _ages(self, bucket: str, selection: Selection, page: list[S3Record]) -> list[datetime | None]:
+    def _judge(self, selection: Selection, records: list[S3Record], locked: bool) -> list[tuple[S3Record, str]]:
+        pattern = client_pattern(selection.client.field) if selection.client else None
+        ages = self._ages(selection.target, selection, records)
+        judged = [(record, self._class(selection, record, age, pattern)) for record, age in zip(records, ages,
+                                                                                               strict=True)]
+        return self._apply_locks(selection.target, selection, judged) if locked else judged
+
+    def _ages(self, bucket: str, selection: Selection, page: list[S3Record]) -> list[datetime | Missing | None]:
         if selection.age is None:
             return [None] * len(page)
         field = selection.age.field
@@ -144,16 +216,20 @@ class S3Connector(ConnectorDefaults):
         read = self._metadata_age if source == "metadata" else self._tag_age
         return list(self._pool.map(lambda record: read(bucket, record, name), page))
 
-    def _metadata_age(self, bucket: str, record: S3Record, name: str) -> datetime | None:
-        head = self._call(self.client.head_object, **address(bucket, record))
-        return parse_age(head.get("Metadata", {}).get(name.lower()))
+    def _metadata_age(self, bucket: str, record: S3Record, name: str) -> datetime | Missing | None:
+        head = self._lookup(self.client.head_object, **address(bucket, record))
+        return Missing.GONE if head is None else parse_age(head.get("Metadata", {}).get(name.lower()))
 
-    def _tag_age(self, bucket: str, record: S3Record, name: str) -> datetime | None:
-        tags = self._call(self.client.get_object_tagging, **address(bucket, record)).get("TagSet", [])
-        return parse_age(next((tag["Value"] for tag in tags if tag["Key"] == name), None))
+    def _tag_age(self, bucket: str, record: S3Record, name: str) -> datetime | Missing | None:
+        response = self._lookup(self.client.get_object_tagging, **address(bucket, record))
+        if response is None:
+            return Missing.GONE
+        return parse_age(next((tag["Value"] for tag in response.get("TagSet", []) if tag["Key"] == name), None))
 
-    def _class(self, selection: Selection, record: S3Record, age: datetime | None, pattern: re.Pattern[str] | None
-               ) -> str:
+    def _class(self, selection: Selection, record: S3Record, age: datetime | Missing | None,
+               pattern: re.Pattern[str] | None) -> str:
+        if age is Missing.GONE:
+            return "gone"
         if selection.erasure:
             return self._erasure_class(selection, record)
         expired, unknown = False, False
@@ -195,29 +271,57 @@ class S3Connector(ConnectorDefaults):
         """Versions under Object Lock retention or legal hold are held: never deleted, never bypassed."""
         now = selection.now or datetime.now(UTC)
         candidates = [record for record, kind in judged if kind == "matched"]
-        locked = set(r.identity for r, is_locked in zip(
-            candidates, self._pool.map(lambda r: self._is_locked(bucket, r, now), candidates), strict=True)
-            if is_locked)
-        return [(record, "held" if record.identity in locked else kind) for record, kind in judged]
+        found = {r.identity: "gone" if state is Missing.GONE else "held" for r, state in zip(
+            candidates, self._pool.map(lambda r: self._is_locked(bucket, r, now), candidates), strict=True) if state}
+        return [(record, found.get(record.identity, kind)) for record, kind in judged]
 
-    def _is_locked(self, bucket: str, record: S3Record, now: datetime) -> bool:
+    def _is_locked(self, bucket: str, record: S3Record, now: datetime) -> bool | Missing:
         # GetObjectRetention is not implemented everywhere (moto answers 500); HEAD carries the same facts
-        head = self._call(self.client.head_object, **address(bucket, record))
+        head = self._lookup(self.client.head_object, **address(bucket, record))
+        if head is None:
+            return Missing.GONE
         until = head.get("ObjectLockRetainUntilDate")
         return head.get("ObjectLockLegalHoldStatus") == "ON" or (until is not None and until > now)
 
     # -- counting and deleting -------------------------------------------------------------------------------
 
     def count(self, selection: Selection) -> Counts:
+        """Count by class, keeping the matched and held records for this selection's apply and held_ids."""
+        self._release()
         tally = {"matched": 0, "held": 0, "unknown_age": 0, "kept": 0}
-        for page in self._judged(selection):
-            for _, kind in page:
-                tally[kind] += 1
+        records = RecordSpool(self.memory_bound)
+        try:
+            for page in self._judged(selection):
+                for record, kind in page:
+                    if kind == "gone":
+                        continue  # deleted between its listing and its reading: not there to count
+                    tally[kind] += 1
+                    if kind in ("matched", "held"):
+                        records.append(kind, record)
+        except BaseException:
+            records.close()  # a count cut short keeps nothing: an apply would list afresh
+            raise
+        self._collection = _Collection(selection, records)
         return Counts(total=sum(tally.values()), matched=tally["matched"], held=tally["held"],
                       unknown_age=tally["unknown_age"])
 
+    def _collection_of(self, selection: Selection) -> _Collection | None:
+        collection = self._collection
+        return collection if collection is not None and collection.selection is selection else None
+
+    def _release(self) -> None:
+        if self._collection is not None:
+            self._collection.records.close()
+            self._collection = None
+
     def held_ids(self, selection: Selection, batch_size: int, id_key: bytes) -> Iterator[tuple[str, ...]]:
         hasher = KeyedHasher(id_key)
+        collection = self._collection_of(selection)
+        if collection is not None and not collection.held_changed:
+            names = (hasher(record.identity) for kind, record in collection.records if kind == "held")
+            while chunk := tuple(itertools.islice(names, max(1, batch_size))):
+                yield chunk
+            return
         for page in self._judged(selection):
             held = tuple(hasher(record.identity) for record, kind in page if kind == "held")
             if held:
@@ -227,13 +331,21 @@ class S3Connector(ConnectorDefaults):
         field = selection.age.field if selection.age else "client_key"
         return (f"list s3://{selection.target}/{selection.scope.get('prefix') or ''} (versions when versioned); "
                 f"keep records whose {field} is expired, not held, not under Object Lock; "
-                f"DeleteObjects up to {DELETE_CAP} keys (by VersionId when versioned), {IN_FLIGHT} calls in flight")
+                f"DeleteObjects up to {DELETE_CAP} keys (by VersionId when versioned; unversioned objects only if "
+                f"a fresh listing shows them unchanged since the count), {IN_FLIGHT} calls in flight")
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
               id_key: bytes | None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
-        """Delete matched records as the listing streams by, at most `limit`; per-key errors fail the rule."""
+        """Delete matched records, at most `limit`: those the count of this selection kept, each still matching,
+        else as the listing streams by. Per-key errors fail the rule."""
         bucket = selection.target
         versioned = self._versioned(bucket)
+        collection = self._collection_of(selection)
+        if collection is not None and not collection.applied:
+            collection.applied = True
+            candidates = self._recounted(selection, collection)
+        else:
+            candidates = self._listed(selection)
         hasher = KeyedHasher(id_key) if id_key else None
         size = max(1, min(batch_size, DELETE_CAP))
         errors: dict[str, int] = {}
@@ -241,7 +353,8 @@ class S3Connector(ConnectorDefaults):
         in_flight: set[Future[tuple[list[S3Record], dict[str, int]]]] = set()
         chunk: list[S3Record] = []
         submitted = 0
-        with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix=f"s3-delete-{self.name}") as deleters:
+        with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix=f"s3-delete-{self.name}") as deleters, \
+                closing(candidates):
 
             def finished(block: bool) -> Iterator[Batch]:
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED) if block else (
@@ -261,12 +374,12 @@ class S3Connector(ConnectorDefaults):
             def halted() -> bool:
                 return bool(failures) or should_stop()
 
-            for page in self._judged(selection):
+            for page in candidates:
                 if submitted >= limit or halted():
-                    break  # all that the count found is on its way (or a stop was asked for): list no more
-                for record, kind in page:
-                    if kind != "matched" or submitted >= limit:
-                        continue
+                    break  # all that the count found is on its way (or a stop was asked for): look no further
+                for record in page:
+                    if submitted >= limit:
+                        break
                     chunk.append(record)
                     submitted += 1
                     if len(chunk) == size:
@@ -288,6 +401,61 @@ class S3Connector(ConnectorDefaults):
         if errors:
             summary = ", ".join(f"{count} x {code}" for code, count in sorted(errors.items()))
             raise ConnectorError(f"{sum(errors.values())} objects could not be deleted ({summary})")
+
+    def _listed(self, selection: Selection) -> Generator[list[S3Record], None, None]:
+        """Without a count of this selection: each listing page's matched records, judged as they come."""
+        for page in self._judged(selection):
+            yield [record for record, kind in page if kind == "matched"]
+
+    def _recounted(self, selection: Selection, collection: _Collection) -> Generator[list[S3Record], None, None]:
+        """The count's matched records, a chunk at a time, each one that still matches (see the module's note)."""
+        bucket, prefix = selection.target, str(selection.scope.get("prefix") or "")
+        locked = self._lock_enabled(bucket)
+        cursor = ListingCursor(lambda after: self._listing_page(bucket, prefix, after))
+        matched = (record for kind, record in collection.records if kind == "matched")
+        while chunk := list(itertools.islice(matched, DELETE_CAP)):
+            judged = self._rejudged(selection, chunk, cursor, locked)
+            collection.held_changed |= any(kind == "held" for _, kind in judged)
+            yield [record for record, kind in judged if kind == "matched"]
+
+    def _rejudged(self, selection: Selection, records: list[S3Record], cursor: ListingCursor, locked: bool
+                  ) -> list[tuple[S3Record, str]]:
+        """Records the count matched, judged again where something may have changed since; the gone left out."""
+        age = selection.age if selection.erasure is None else None  # an erasure names records whatever their age
+        source = age.field.partition(":")[0] if age else None  # LastModified, metadata or tag
+        unchanged: list[S3Record] = []
+        again: list[S3Record] = []
+        for record in records:
+            if age is None or record.version_id not in (None, "null"):
+                unchanged.append(record)  # judged by key alone, or a version: nothing the verdict read can change
+                continue
+            fresh = cursor.get(record.key) if record.version_id is None else self._head_record(selection.target,
+                                                                                                  record)
+            if fresh is None:
+                continue  # gone since the count: nothing to delete, nothing to report
+            if (fresh.last_modified == record.last_modified and fresh.etag == record.etag
+                    and (record.settled or source != "metadata")):
+                unchanged.append(record)
+            else:
+                again.append(fresh)  # rewritten (or too recent to tell): judged as the object it is now
+        if source == "tag":
+            again, unchanged = again + unchanged, []  # a tag changes without a new version or LastModified
+        judged = self._judge(selection, again, locked) if again else []
+        kept = [(record, "matched") for record in unchanged]
+        return judged + (self._apply_locks(selection.target, selection, kept) if locked and kept else kept)
+
+    def _listing_page(self, bucket: str, prefix: str, start_after: str | None) -> tuple[list[S3Record], bool]:
+        """One fresh page of the unversioned listing after `start_after`, and whether more follow."""
+        page = self._call(self.client.list_objects_v2, Bucket=bucket, Prefix=prefix,
+                          **({"StartAfter": start_after} if start_after else {}))
+        return _records(page, "Contents", None), bool(page.get("IsTruncated"))
+
+    def _head_record(self, bucket: str, record: S3Record) -> S3Record | None:
+        """The version as it is now (a `null` version may have been replaced); None when it is gone."""
+        head = self._lookup(self.client.head_object, **address(bucket, record))
+        if head is None:
+            return None
+        return S3Record(record.key, record.version_id, head["LastModified"], head.get("ETag"))
 
     def _delete(self, bucket: str, records: list[S3Record]) -> tuple[list[S3Record], dict[str, int]]:
         """One DeleteObjects call; what it really removed, and its per-key errors by code."""
@@ -320,3 +488,19 @@ class S3Connector(ConnectorDefaults):
         for start in range(0, len(orphans), DELETE_CAP):
             self._call(self.client.delete_objects, Bucket=bucket,
                        Delete={"Objects": orphans[start:start + DELETE_CAP], "Quiet": True})
+
+
+def _records(page: Mapping[str, Any], field: str, version: str | None) -> list[S3Record]:
+    """A listing page's records; those listed at least SETTLE after their last write are settled."""
+    served = _served_at(page)
+    return [S3Record(item["Key"], item[version] if version else None, item["LastModified"], item.get("ETag"),
+                     served is not None and item["LastModified"] <= served - SETTLE) for item in page.get(field, [])]
+
+
+def _served_at(response: Mapping[str, Any]) -> datetime | None:
+    """When the server sent a response (its Date header); None when it did not say."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(date) if date else None
+    except (TypeError, ValueError):
+        return None
