@@ -29,48 +29,28 @@ lists afresh. What may have changed since the count is looked at again, and only
 
 from __future__ import annotations
 
-import enum
 import itertools
-import re
 from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import boto3
-from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
-
+from connectors.s3_access import IN_FLIGHT
+from connectors.s3_judging import S3Judging
 from connectors.s3_records import (
     ListingCursor,
     RecordSpool,
     S3Record,
-    address,
-    client_pattern,
-    key_part,
-    parse_age,
 )
 from retention.connector import ConnectorDefaults, ObjectClient, Option
 from retention.errors import ConnectorError, TargetMissing
-from retention.ids import canonical_id
 from retention.model import Action, Batch, Counts, OptionValue, Selection
 from retention.transforms import KeyedHasher
 
 DELETE_CAP = 1000  # S3 takes at most 1,000 keys per DeleteObjects call
-IN_FLIGHT = 4  # DeleteObjects calls running at once
-LOOKUPS = 16  # concurrent HEAD / GetObjectTagging calls when metadata, tags or locks must be read
 MEMORY_RECORDS = 100_000  # matched and held records a count keeps in memory; the rest go to a temporary file
-SETTLE = timedelta(seconds=2)  # listed this long after its LastModified, a rewrite since would show (plus skew)
-GONE_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "405", "MethodNotAllowed"})  # (405: a delete marker)
 
-
-class Missing(enum.Enum):
-    """What a read of an object's metadata, tags or lock finds when the object is no longer there."""
-
-    GONE = "gone"  # deleted since it was listed: not counted, not deleted, not reported
 
 
 @dataclass
@@ -83,7 +63,7 @@ class _Collection:
     held_changed: bool = False  # a record turned held since the count: held_ids lists afresh to name it
 
 
-class S3Connector(ConnectorDefaults):
+class S3Connector(S3Judging, ConnectorDefaults):
     """S3 and S3-compatible stores (boto3; the usual credential chain)."""
 
     type_name: ClassVar[str] = "s3"
@@ -107,18 +87,12 @@ class S3Connector(ConnectorDefaults):
     memory_bound: int = MEMORY_RECORDS
 
     def __init__(self, name: str, options: Mapping[str, OptionValue]) -> None:
-        self.name = name
-        self.client = boto3.session.Session().client(
-            "s3", endpoint_url=options.get("endpoint_url") or None, region_name=options.get("region") or None,
-            config=BotoConfig(max_pool_connections=LOOKUPS + IN_FLIGHT, retries={"max_attempts": 5,
-                                                                                  "mode": "standard"}))
-        self._pool = ThreadPoolExecutor(max_workers=LOOKUPS, thread_name_prefix=f"s3-{name}")
+        super().__init__(name, options)
         self._collection: _Collection | None = None
 
     def close(self) -> None:
         self._release()
-        self._pool.shutdown(wait=True)
-        self.client.close()
+        super().close()
 
     def object_client(self) -> ObjectClient:
         """The boto3 client, for the WORM copy of the audit log."""
@@ -133,155 +107,6 @@ class S3Connector(ConnectorDefaults):
         except TargetMissing as exc:
             return [str(exc)]
         return []
-
-    def _call(self, method: Callable[..., Any], **kwargs: Any) -> Any:
-        """One S3 call, its errors named by code (never by key: keys may hold personal data)."""
-        try:
-            return method(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
-            raise self._error(exc, method, kwargs) from None
-
-    def _lookup(self, method: Callable[..., Any], **kwargs: Any) -> Any:
-        """One call about an object (or version); None when it is gone (deleted since it was listed)."""
-        try:
-            return method(**kwargs)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code", "Unknown") in GONE_CODES:
-                return None
-            raise self._error(exc, method, kwargs) from None
-        except BotoCoreError as exc:
-            raise self._error(exc, method, kwargs) from None
-
-    @staticmethod
-    def _error(exc: ClientError | BotoCoreError, method: Callable[..., Any], kwargs: Mapping[str, Any]
-               ) -> ConnectorError:
-        if isinstance(exc, BotoCoreError):
-            return ConnectorError(f"cannot reach S3: {type(exc).__name__}")
-        code = exc.response.get("Error", {}).get("Code", "Unknown")
-        if code in ("NoSuchBucket", "404") and "Bucket" in kwargs and "Key" not in kwargs:
-            return TargetMissing(f"bucket {kwargs['Bucket']} does not exist")
-        return ConnectorError(f"S3 {method.__name__} failed: {code}")
-
-    def _versioned(self, bucket: str) -> bool:
-        status = self._call(self.client.get_bucket_versioning, Bucket=bucket).get("Status")
-        return status in ("Enabled", "Suspended")
-
-    def _lock_enabled(self, bucket: str) -> bool:
-        try:
-            configuration = self.client.get_object_lock_configuration(Bucket=bucket)
-        except ClientError:
-            return False  # ObjectLockConfigurationNotFoundError: the bucket has no Object Lock
-        return bool(configuration.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled")
-
-    def _pages(self, bucket: str, prefix: str, versioned: bool) -> Iterator[list[S3Record]]:
-        """The bucket's records under `prefix`, one listing page at a time (memory stays flat)."""
-        if versioned:
-            paginator = self.client.get_paginator("list_object_versions")
-            field, version = "Versions", "VersionId"
-        else:
-            paginator = self.client.get_paginator("list_objects_v2")
-            field, version = "Contents", None
-        try:
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-                yield _records(page, field, version)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "Unknown")
-            if code == "NoSuchBucket":
-                raise TargetMissing(f"bucket {bucket} does not exist") from None
-            raise ConnectorError(f"S3 listing failed: {code}") from None
-
-    # -- judging ---------------------------------------------------------------------------------------------
-
-    def _judged(self, selection: Selection) -> Iterator[list[tuple[S3Record, str]]]:
-        """Each page's records with their class: matched, held, unknown_age or kept (not expired)."""
-        bucket, prefix = selection.target, str(selection.scope.get("prefix") or "")
-        versioned, locked = self._versioned(bucket), self._lock_enabled(bucket)
-        for page in self._pages(bucket, prefix, versioned):
-            yield self._judge(selection, page, locked)
-
-    def _judge(self, selection: Selection, records: list[S3Record], locked: bool) -> list[tuple[S3Record, str]]:
-        pattern = client_pattern(selection.client.field) if selection.client else None
-        ages = self._ages(selection.target, selection, records)
-        judged = [(record, self._class(selection, record, age, pattern)) for record, age in zip(records, ages,
-                                                                                               strict=True)]
-        return self._apply_locks(selection.target, selection, judged) if locked else judged
-
-    def _ages(self, bucket: str, selection: Selection, page: list[S3Record]) -> list[datetime | Missing | None]:
-        if selection.age is None:
-            return [None] * len(page)
-        field = selection.age.field
-        if field == "LastModified":
-            return [record.last_modified for record in page]
-        source, _, name = field.partition(":")
-        read = self._metadata_age if source == "metadata" else self._tag_age
-        return list(self._pool.map(lambda record: read(bucket, record, name), page))
-
-    def _metadata_age(self, bucket: str, record: S3Record, name: str) -> datetime | Missing | None:
-        head = self._lookup(self.client.head_object, **address(bucket, record))
-        return Missing.GONE if head is None else parse_age(head.get("Metadata", {}).get(name.lower()))
-
-    def _tag_age(self, bucket: str, record: S3Record, name: str) -> datetime | Missing | None:
-        response = self._lookup(self.client.get_object_tagging, **address(bucket, record))
-        if response is None:
-            return Missing.GONE
-        return parse_age(next((tag["Value"] for tag in response.get("TagSet", []) if tag["Key"] == name), None))
-
-    def _class(self, selection: Selection, record: S3Record, age: datetime | Missing | None,
-               pattern: re.Pattern[str] | None) -> str:
-        if age is Missing.GONE:
-            return "gone"
-        if selection.erasure:
-            return self._erasure_class(selection, record)
-        expired, unknown = False, False
-        if selection.age:
-            expired = age is not None and age < selection.age.cutoff
-            unknown = age is None
-        client_id = None
-        if selection.client and pattern:
-            match = pattern.match(record.key)
-            client_id = canonical_id(match.group("client_id")) if match else None
-            states = selection.client.states
-            client_expired = states is not None and client_id in states.expired
-            expired = expired or client_expired
-            unknown = unknown or states is None or client_id not in states.known
-        if not expired:
-            return "unknown_age" if unknown else "kept"
-        held = selection.held
-        if held.everything or (client_id is not None and client_id in held.client_ids):
-            return "held"
-        return "matched"
-
-    def _erasure_class(self, selection: Selection, record: S3Record) -> str:
-        """An erasure request names keys by their client (and subject) parts; holds and locks still apply."""
-        erasure = selection.erasure
-        assert erasure is not None
-        client = canonical_id(key_part(erasure.client_field, "client_id", record.key))
-        subject = canonical_id(key_part(erasure.subject_field, "subject_id", record.key)) \
-            if erasure.subject_field else None
-        named = client == erasure.client_id and (not erasure.subject_field or subject == erasure.subject_id)
-        if not named:
-            return "kept"
-        held = selection.held
-        if held.everything or client in held.client_ids:
-            return "held"
-        return "matched"
-
-    def _apply_locks(self, bucket: str, selection: Selection, judged: list[tuple[S3Record, str]]
-                     ) -> list[tuple[S3Record, str]]:
-        """Versions under Object Lock retention or legal hold are held: never deleted, never bypassed."""
-        now = selection.now or datetime.now(UTC)
-        candidates = [record for record, kind in judged if kind == "matched"]
-        found = {r.identity: "gone" if state is Missing.GONE else "held" for r, state in zip(
-            candidates, self._pool.map(lambda r: self._is_locked(bucket, r, now), candidates), strict=True) if state}
-        return [(record, found.get(record.identity, kind)) for record, kind in judged]
-
-    def _is_locked(self, bucket: str, record: S3Record, now: datetime) -> bool | Missing:
-        # GetObjectRetention is not implemented everywhere (moto answers 500); HEAD carries the same facts
-        head = self._lookup(self.client.head_object, **address(bucket, record))
-        if head is None:
-            return Missing.GONE
-        until = head.get("ObjectLockRetainUntilDate")
-        return head.get("ObjectLockLegalHoldStatus") == "ON" or (until is not None and until > now)
 
     # -- counting and deleting -------------------------------------------------------------------------------
 
@@ -418,45 +243,6 @@ class S3Connector(ConnectorDefaults):
             collection.held_changed |= any(kind == "held" for _, kind in judged)
             yield [record for record, kind in judged if kind == "matched"]
 
-    def _rejudged(self, selection: Selection, records: list[S3Record], cursor: ListingCursor, locked: bool
-                  ) -> list[tuple[S3Record, str]]:
-        """Records the count matched, judged again where something may have changed since; the gone left out."""
-        age = selection.age if selection.erasure is None else None  # an erasure names records whatever their age
-        source = age.field.partition(":")[0] if age else None  # LastModified, metadata or tag
-        unchanged: list[S3Record] = []
-        again: list[S3Record] = []
-        for record in records:
-            if age is None or record.version_id not in (None, "null"):
-                unchanged.append(record)  # judged by key alone, or a version: nothing the verdict read can change
-                continue
-            fresh = cursor.get(record.key) if record.version_id is None else self._head_record(selection.target,
-                                                                                                  record)
-            if fresh is None:
-                continue  # gone since the count: nothing to delete, nothing to report
-            if (fresh.last_modified == record.last_modified and fresh.etag == record.etag
-                    and (record.settled or source != "metadata")):
-                unchanged.append(record)
-            else:
-                again.append(fresh)  # rewritten (or too recent to tell): judged as the object it is now
-        if source == "tag":
-            again, unchanged = again + unchanged, []  # a tag changes without a new version or LastModified
-        judged = self._judge(selection, again, locked) if again else []
-        kept = [(record, "matched") for record in unchanged]
-        return judged + (self._apply_locks(selection.target, selection, kept) if locked and kept else kept)
-
-    def _listing_page(self, bucket: str, prefix: str, start_after: str | None) -> tuple[list[S3Record], bool]:
-        """One fresh page of the unversioned listing after `start_after`, and whether more follow."""
-        page = self._call(self.client.list_objects_v2, Bucket=bucket, Prefix=prefix,
-                          **({"StartAfter": start_after} if start_after else {}))
-        return _records(page, "Contents", None), bool(page.get("IsTruncated"))
-
-    def _head_record(self, bucket: str, record: S3Record) -> S3Record | None:
-        """The version as it is now (a `null` version may have been replaced); None when it is gone."""
-        head = self._lookup(self.client.head_object, **address(bucket, record))
-        if head is None:
-            return None
-        return S3Record(record.key, record.version_id, head["LastModified"], head.get("ETag"))
-
     def _delete(self, bucket: str, records: list[S3Record]) -> tuple[list[S3Record], dict[str, int]]:
         """One DeleteObjects call; what it really removed, and its per-key errors by code."""
         objects = [{"Key": r.key, **({"VersionId": r.version_id} if r.version_id else {})} for r in records]
@@ -489,18 +275,3 @@ class S3Connector(ConnectorDefaults):
             self._call(self.client.delete_objects, Bucket=bucket,
                        Delete={"Objects": orphans[start:start + DELETE_CAP], "Quiet": True})
 
-
-def _records(page: Mapping[str, Any], field: str, version: str | None) -> list[S3Record]:
-    """A listing page's records; those listed at least SETTLE after their last write are settled."""
-    served = _served_at(page)
-    return [S3Record(item["Key"], item[version] if version else None, item["LastModified"], item.get("ETag"),
-                     served is not None and item["LastModified"] <= served - SETTLE) for item in page.get(field, [])]
-
-
-def _served_at(response: Mapping[str, Any]) -> datetime | None:
-    """When the server sent a response (its Date header); None when it did not say."""
-    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-    try:
-        return parsedate_to_datetime(date) if date else None
-    except (TypeError, ValueError):
-        return None
