@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
+import bson
+import pymongo
+import pymongo.client_session
+import pymongo.collection
 import pytest
 from bson import Decimal128, ObjectId
+from bson.binary import Binary
+from pymongo import monitoring
+from pymongo.errors import OperationFailure
 
 from retention import transforms
-from retention.secrets import TRANSFORM_LABEL, derive
+from retention.secrets import RECORD_ID_LABEL, TRANSFORM_LABEL, derive
 from tests.conftest import NOW
 from tests.helpers import PSEUDONYM_KEY, Sandbox, make_sandbox
 from tests.stores import MongoStore
@@ -168,3 +179,339 @@ max_fraction = 1.0
         {"done_at": {"$exists": False}} if action == "anonymize" else {"_id": {"$exists": True}}) + 2
     assert (6, 6, 6) == (report["rules"][0]["changed"], logged, changed)
     assert 2 == mongo_store.database["visits"].count_documents({"_id": {"$gte": 10}, "email": "x"})
+
+
+# -- batches by ranges ---------------------------------------------------------------------------------------------
+
+MIXED_IDS: list[Any] = [-3, 2.5, 7, 10**12, Decimal128("8.5"), "", "a", "b\u00e9", ObjectId("0" * 23 + "1"),
+                        ObjectId("f" * 24), Binary.from_uuid(UUID(int=1)), Binary.from_uuid(UUID(int=2**127)),
+                        b"raw bytes", datetime(2001, 1, 1, tzinfo=UTC), True, None, {"k": 1}]
+FRESH_IDS: list[Any] = [0, 5, 9, "aa", ObjectId("8" * 24), Binary.from_uuid(UUID(int=2**64)),
+                        datetime(2002, 1, 1, tzinfo=UTC), False, {"k": 0}]
+
+RULE = """
+[[rules]]
+name = "events"
+connector = "app"
+collection = "events"
+expire = {{ after = "24 months", field = "at" }}
+action = "{action}"
+{extra}
+max_fraction = 1.0
+"""
+ACTIONS = {"delete": "", "anonymize": 'marker = "done_at"\ntransforms = { email = "redact" }',
+           "deidentify": 'marker = "done_at"\ntransforms = { email = "hmac", ip = "truncate_ip" }'}
+
+
+def run_json(sandbox: Sandbox) -> dict[str, Any]:
+    result = sandbox.cli("run", "--now", "2026-11-29T03:00:00Z", "--format", "json")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def named(report: dict[str, Any], kind: str = "changed") -> list[str]:
+    """The sidecar's record names of this kind, sorted."""
+    lines = Path(report["audit_file"].replace(".jsonl", ".ids")).read_text().splitlines()
+    return sorted(line.split()[-1] for line in lines if line.startswith(f"{kind} "))
+
+
+def batches(report: dict[str, Any]) -> list[int]:
+    events = [json.loads(line) for line in Path(report["audit_file"]).read_text().splitlines()]
+    return [e["count"] for e in events if e["event"] == "batch_applied"]
+
+
+def names_of(documents: list[dict[str, Any]]) -> list[str]:
+    """Each document's name in the sidecar: the keyed hash of its `_id`'s text, as the connector reads it."""
+    key = derive(PSEUDONYM_KEY, RECORD_ID_LABEL)
+    return sorted(transforms.pseudonym(key, transforms.record_text([d["_id"]])) or "" for d in documents)
+
+
+def changed_documents(mongo_store: MongoStore, before: list[dict[str, Any]], action: str) -> list[dict[str, Any]]:
+    """The documents the run changed: gone (delete) or marked (anonymize, deidentify)."""
+    after = {bson.encode({"_id": d["_id"]}): d for d in mongo_store.database["events"].find()}
+    if action == "delete":
+        return [d for d in before if bson.encode({"_id": d["_id"]}) not in after]
+    return [d for d in before if after[bson.encode({"_id": d["_id"]})].get("done_at") is not None]
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["by-id", "by-age"])
+@pytest.mark.parametrize("action", ACTIONS)
+def test_ranges_of_mixed_id_types_change_exactly_the_expired_and_name_them(
+        action: str, indexed: bool, sandbox: Sandbox, mongo_store: MongoStore) -> None:
+    """`_id`s of every BSON type in one collection, expired ones sharing one age (one tie group bigger than a
+    batch) between fresh ones of the same types: a range never spans two types, so none is missed and none
+    wrongly included; what changed is exactly what the sidecar names, in batches of at most `batch_size`."""
+    # a NaN `_id` too, for deletes: SecantusDB refuses to update a document whose `_id` is NaN (ImmutableField)
+    expired = [*MIXED_IDS, float("nan")] if action == "delete" else MIXED_IDS
+    events = mongo_store.database["events"]
+    events.insert_many([{"_id": i, "at": OLD, "email": "x@example.org", "ip": "192.0.2.1"} for i in expired]
+                       + [{"_id": i, "at": NOW, "email": "y@example.org"} for i in FRESH_IDS])
+    if indexed:
+        events.create_index("at")
+    before = list(events.find())
+    sandbox.write(RULE.format(action=action, extra=ACTIONS[action]), clients=False)
+    report = run_json(sandbox)
+    changed = changed_documents(mongo_store, before, action)
+    assert len(expired) == len(changed) == report["rules"][0]["changed"]
+    assert names_of([d for d in before if d["at"] == OLD]) == names_of(changed) == named(report)
+    assert max(batches(report)) <= 2 and sum(batches(report)) == len(expired)
+    untouched = [bson.encode({"_id": d["_id"]}) for d in events.find({"at": NOW, "done_at": None})]
+    assert sorted(bson.encode({"_id": i}) for i in FRESH_IDS) == sorted(untouched)
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["by-id", "by-age"])
+def test_a_tie_group_bigger_than_a_batch_is_split_into_whole_batches(indexed: bool, sandbox: Sandbox,
+                                                                     mongo_store: MongoStore) -> None:
+    """Seven documents with the same age, batch_size 2: four batches (2, 2, 2, 1), by age or by `_id`."""
+    events = mongo_store.database["events"]
+    events.insert_many([{"_id": i, "at": OLD} for i in range(7)] + [{"_id": 7, "at": NOW}])
+    if indexed:
+        events.create_index("at")
+    sandbox.write(RULE.format(action="delete", extra=""), clients=False)
+    report = run_json(sandbox)
+    assert ([2, 2, 2, 1], [7]) == (sorted(batches(report), reverse=True), [d["_id"] for d in events.find()])
+
+
+class CommandLog(monitoring.CommandListener):
+    """The commands a client sends."""
+
+    def __init__(self) -> None:
+        self.commands: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands.append(dict(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def listened(monkeypatch: pytest.MonkeyPatch) -> CommandLog:
+    """Every command the connector's clients send from now on (the test's own client is left alone)."""
+    log = CommandLog()
+    client = pymongo.MongoClient
+
+    def with_listener(*args: Any, **kwargs: Any) -> pymongo.MongoClient[Any]:
+        return client(*args, event_listeners=[log], **kwargs)
+
+    monkeypatch.setattr(pymongo, "MongoClient", with_listener)
+    return log
+
+
+def filters_sent(log: CommandLog, command: str) -> list[dict[str, Any]]:
+    """The filters of every delete or update statement sent."""
+    field = "deletes" if command == "delete" else "updates"
+    return [statement["q"] for c in log.commands if command in c for statement in c[field]]
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["by-id", "by-age"])
+@pytest.mark.parametrize("action", ["delete", "anonymize"])
+def test_batches_are_written_as_ranges_never_as_key_lists(action: str, indexed: bool, sandbox: Sandbox,
+                                                          mongo_store: MongoStore,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch's write names a range (`$gte` / `$lte` on `_id` or the age field) and the whole predicate,
+    never a list of keys (`$in` costs O(batch x collection) on some servers)."""
+    events = mongo_store.database["events"]
+    events.insert_many([{"_id": i, "at": OLD + timedelta(minutes=i), "email": "x"} for i in range(9)])
+    if indexed:
+        events.create_index("at")
+    sandbox.write(RULE.format(action=action, extra=ACTIONS[action]), clients=False)
+    log = listened(monkeypatch)
+    assert 9 == run_json(sandbox)["rules"][0]["changed"]
+    sent = filters_sent(log, "delete" if action == "delete" else "update")
+    assert len(sent) == 5
+    field = "at" if indexed else "_id"
+    assert all({"$gte", "$lte"} <= set(f[field]) and "$in" not in str(f) for f in sent), sent
+
+
+def injector(mongo_store: MongoStore, document: dict[str, Any]) -> Callable[[], None]:
+    """Makes `document` start matching (old age, no marker), once, from another connection."""
+    done: list[bool] = []
+
+    def inject() -> None:
+        if not done:
+            done.append(True)
+            mongo_store.database["events"].update_one({"_id": document["_id"]}, {"$set": {"at": document["at"]}})
+
+    return inject
+
+
+@pytest.mark.parametrize("moment", ["before-the-write", "before-the-second-read"])
+@pytest.mark.parametrize("indexed", [False, True], ids=["by-id", "by-age"])
+@pytest.mark.parametrize("action", ["delete", "anonymize", "deidentify"])
+def test_a_document_that_starts_matching_inside_a_batch_is_named_or_untouched(
+        action: str, indexed: bool, moment: str, sandbox: Sandbox, mongo_store: MongoStore,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another client makes a document inside the first batch's range match while the batch runs: it is either
+    changed and named in the sidecar, or left untouched; never changed unnamed."""
+    events = mongo_store.database["events"]
+    events.insert_many([{"_id": i, "at": OLD + timedelta(minutes=i) if i != 1 else NOW, "email": "x",
+                         "ip": "192.0.2.1"} for i in range(6)])
+    if indexed:
+        events.create_index("at")
+    before = [{**d, "at": OLD + timedelta(minutes=1)} if d["_id"] == 1 else d for d in events.find()]
+    inject = injector(mongo_store, before[1])
+    collection = pymongo.collection.Collection
+    if moment == "before-the-write":
+        for method in ("delete_many", "update_many", "bulk_write"):
+            original = getattr(collection, method)
+
+            def before_write(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                inject()
+                return _original(self, *args, **kwargs)
+
+            monkeypatch.setattr(collection, method, before_write)
+    else:
+        find, reads = collection.find, []
+
+        def before_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+            reads.append(1)
+            if len(reads) == 2:
+                inject()
+            return find(self, *args, **kwargs)
+
+        monkeypatch.setattr(collection, "find", before_read)
+    sandbox.write(RULE.format(action=action, extra=ACTIONS[action]), clients=False)
+    report = run_json(sandbox)
+    changed = changed_documents(mongo_store, before, action)
+    assert names_of(changed) == named(report)
+    assert len(changed) >= 5  # a run changes at most what it counted: the newcomer may take a place
+
+
+def test_records_changed_are_exactly_those_named_with_holds_unknown_ages_and_many_batches(
+        sandbox: Sandbox, mongo_store: MongoStore) -> None:
+    """A held client, unknown ages, fresh documents and expired ones over many batches: the sidecar names exactly
+    the documents deleted (changed) and those kept by the hold (held)."""
+    mongo_store.database["clients"].insert_many([{"_id": c, "status": "active"} for c in ("c-held", "c-other")])
+    events = mongo_store.database["events"]
+    events.insert_many([{"_id": i, "at": [OLD, NOW, "text", None][i % 4] if i % 7 else OLD,
+                         "client": "c-held" if i % 5 == 0 else "c-other"} for i in range(60)])
+    events.create_index("at")
+    before = list(events.find())
+    sandbox.write(RULE.format(action="delete", extra="").replace('field = "at"',
+                                                                 'field = "at", client_field = "client"'),
+                  extra='[[holds]]\nname = "lit"\nclient_ids = ["c-held"]\n')
+    report = run_json(sandbox)
+    changed = changed_documents(mongo_store, before, "delete")
+    expired = [d for d in before if d["at"] == OLD]
+    assert names_of([d for d in expired if d["client"] != "c-held"]) == names_of(changed) == named(report)
+    assert names_of([d for d in expired if d["client"] == "c-held"]) == named(report, "held")
+
+
+def test_a_server_without_transactions_still_names_exactly(sandbox: Sandbox, mongo_store: MongoStore,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A standalone server refuses transactions (IllegalOperation): batches are then written by `_id` list, and
+    still change and name exactly the expired documents."""
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise OperationFailure("Transaction numbers are only allowed on a replica set member or mongos", 20)
+
+    monkeypatch.setattr(pymongo.client_session.ClientSession, "with_transaction", refuse)
+    monkeypatch.setattr(pymongo.client_session.ClientSession, "start_transaction", refuse)
+    events = mongo_store.database["events"]
+    events.insert_many([{"_id": i, "at": OLD if i % 2 else NOW} for i in range(9)])
+    before = list(events.find())
+    sandbox.write(RULE.format(action="delete", extra=""), clients=False)
+    report = run_json(sandbox)
+    assert names_of([d for d in before if d["at"] == OLD]) == names_of(
+        changed_documents(mongo_store, before, "delete")) == named(report)
+
+
+def test_the_registry_is_read_again_for_every_batch(sandbox: Sandbox, mongo_store: MongoStore,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client re-activated after the first batch keeps its documents; the first batch's client loses them."""
+    database = mongo_store.database
+    database["clients"].insert_many([{"_id": c, "status": "closed", "closed_at": NOW - timedelta(days=90)}
+                                     for c in ("c-a", "c-b")])
+    database["end_users"].insert_many([{"_id": i, "client_id": "c-a" if i < 2 else "c-b"} for i in range(4)])
+    collection, original = pymongo.collection.Collection, pymongo.collection.Collection.delete_many
+
+    def reactivate_then_delete(self: Any, *args: Any, **kwargs: Any) -> Any:
+        database["clients"].update_one({"_id": "c-b"}, {"$set": {"status": "active"}})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(collection, "delete_many", reactivate_then_delete)
+    sandbox.write('[[rules]]\nname = "end-users"\nconnector = "app"\ncollection = "end_users"\n'
+                  'expire = { client_field = "client_id", grace = "30 days" }\naction = "delete"\n'
+                  'max_fraction = 1.0\n')
+    assert 2 == run_json(sandbox)["rules"][0]["changed"]
+    assert [2, 3] == [d["_id"] for d in database["end_users"].find()]
+
+
+# -- the connector, called directly --------------------------------------------------------------------------------
+
+def connector_for(mongo_store: MongoStore) -> Any:
+    from connectors.mongodb import MongoConnector
+
+    return MongoConnector("app", {"url": mongo_store.url, "database": mongo_store.database.name})
+
+
+def age_selection(target: str = "events") -> Any:
+    from retention.model import AgeCondition, Selection
+
+    return Selection(target, None, AgeCondition("at", NOW - timedelta(days=730)), None)
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["by-id", "by-age"])
+def test_apply_stops_at_the_limit_and_when_asked(indexed: bool, mongo_store: MongoStore) -> None:
+    """`limit` caps what a run changes; `should_stop` is heeded between batches."""
+    from retention.model import Action
+
+    events = mongo_store.database["events"]
+    events.insert_many([{"_id": i, "at": OLD + timedelta(minutes=i % 3)} for i in range(10)])
+    if indexed:
+        events.create_index("at")
+    connector = connector_for(mongo_store)
+    try:
+        limited = [b.count for b in connector.apply(age_selection(), Action("delete"), batch_size=2, limit=3,
+                                                    id_key=None)]
+        assert ([2, 1], 7) == (limited, events.count_documents({}))
+        seen: list[int] = []
+        stopped = [b.count for b in connector.apply(age_selection(), Action("delete"), batch_size=2, limit=100,
+                                                    id_key=None, should_stop=lambda: bool(seen.append(1)) or
+                                                    len(seen) > 1)]
+        assert ([2], 5) == (stopped, events.count_documents({}))
+    finally:
+        connector.close()
+
+
+def test_a_large_collection_counts_its_total_by_estimate_never_below_its_classes(
+        mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At or above LARGE documents the total is the server's estimate (no full scan), but never less than the
+    classes it holds; below it, the total is exact."""
+    import connectors.mongodb as module
+
+    events = mongo_store.database["events"]
+    events.insert_many([{"_id": 0, "at": NOW}, {"_id": 1, "at": "text"}] +
+                       [{"_id": i, "at": OLD} for i in range(2, 5)])
+    estimates: list[int] = []
+    monkeypatch.setattr(pymongo.collection.Collection, "estimated_document_count", lambda *_a, **_k: estimates[-1])
+    connector = connector_for(mongo_store)
+    try:
+        totals = []
+        for large, estimate in ((100_000, 99_999), (3, 1_000_000), (3, 3)):
+            monkeypatch.setattr(module, "LARGE", large)
+            estimates.append(estimate)
+            counts = connector.count(age_selection())
+            assert (3, 0, 1) == (counts.matched, counts.held, counts.unknown_age)
+            totals.append(counts.total)
+        assert [5, 1_000_000, 4] == totals
+    finally:
+        connector.close()
+
+
+def test_the_age_classes_are_range_filters_an_index_serves() -> None:
+    """Expired is `$lt` the cutoff alone (type bracketing keeps it to dates); conjunctions on one field merge."""
+    from connectors.mongodb_filters import NOTHING, all_of, class_filters
+    from retention.model import HeldScope
+
+    selection = age_selection()
+    filters = class_filters(selection, None)
+    assert {"at": {"$lt": NOW - timedelta(days=730)}} == filters["matched"]
+    assert NOTHING == filters["held"]
+    assert NOTHING == class_filters(replace(selection, held=HeldScope(everything=True)), None)["matched"]
+    assert {"a": {"$lt": 5, "$gte": 1}} == all_of({"a": {"$lt": 5}}, {"a": {"$gte": 1}})
+    assert {"a": {"$lt": 5}, "$and": [{"a": {"$lt": 1}}]} == all_of({"a": {"$lt": 5}}, {"a": {"$lt": 1}})
+    assert {"a": {"$regex": "x"}, "$and": [{"a": {"$options": "i"}}]} == all_of({"a": {"$regex": "x"}},
+                                                                                {"a": {"$options": "i"}})
