@@ -1,10 +1,11 @@
-"""Benchmark: the tool's MongoDB delete rule against a hand-written batched delete_many, same data, same run.
+"""Benchmark: the tool's MongoDB delete rule against one hand-written `delete_many`, same data, same run.
 
-Not a test. Uses the server named by MONGODB_URI (1,000,000 documents by default), or starts SecantusDB
-(`secantusd-py`) in its own process (10,000 documents by default: its `$in` matching costs O(batch x collection),
-so a million documents would take hours there). Prints the time of each, their ratio (tool / hand-written),
-and the tool's peak RSS.
-Usage: python bench/bench_mongodb.py [--documents N]
+Not a test. Uses the server named by MONGODB_URI, or starts SecantusDB (`secantusd-py`) in its own process.
+60,000 documents by default, half of them older than the cutoff, the age field indexed; each contender gets its
+own copy of the same data. Every run seeds afresh and times, for each scenario, the hand-written
+`delete_many({"started_at": {"$lt": cutoff}})`, the run in-process, and the `retention run` command; the order of
+the three turns from run to run. Prints each run, then the range of every figure over the runs.
+Usage: python bench/bench_mongodb.py [--documents N] [--runs N]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from random import Random
@@ -32,7 +33,9 @@ from tests.servers import free_port
 
 NOW = datetime.now(UTC)
 CUTOFF = Duration(24, "month").before(NOW)
+EXPIRED = {"started_at": {"$lt": CUTOFF}}
 BATCH = 5000
+SCENARIOS = {"delete": "none", "delete+ids": "hashed"}  # scenario: the audit's record_ids
 
 
 @contextlib.contextmanager
@@ -60,30 +63,28 @@ def mongodb_server() -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def seed(url: str, database: str, documents: int) -> None:
+def seed(url: str, database: str, documents: int) -> int:
+    """`documents` web sessions over four years (the same ones in every copy); returns how many are expired."""
     rng = Random(7)
     with pymongo.MongoClient(url) as client:
+        client.drop_database(database)
         sessions = client[database]["web_sessions"]
         for start in range(0, documents, 10_000):
             sessions.insert_many([{"_id": i, "visitor": f"visitor-{i}", "page": "/pricing",
                                    "started_at": NOW - timedelta(minutes=rng.randrange(4 * 365 * 24 * 60))}
                                   for i in range(start, min(start + 10_000, documents))], ordered=False)
         sessions.create_index("started_at")
+        return sessions.count_documents(EXPIRED)
 
 
-def hand_written(url: str, database: str) -> tuple[float, int]:
-    started, total = time.perf_counter(), 0
+def hand_written(url: str, database: str) -> float:
     with pymongo.MongoClient(url) as client:
-        sessions = client[database]["web_sessions"]
-        while True:
-            keys = [d["_id"] for d in sessions.find({"started_at": {"$lt": CUTOFF}}, {"_id": 1}).limit(BATCH)]
-            if not keys:
-                break
-            total += sessions.delete_many({"_id": {"$in": keys}}).deleted_count
-    return time.perf_counter() - started, total
+        started = time.perf_counter()
+        client[database]["web_sessions"].delete_many(EXPIRED)
+        return time.perf_counter() - started
 
 
-def write_config(url: str, database: str, work: Path) -> Path:
+def write_config(url: str, database: str, work: Path, record_ids: str) -> Path:
     config = work / f"{database}.toml"
     config.write_text(f"""
 [job]
@@ -92,6 +93,9 @@ batch_size = {BATCH}
 [audit]
 dir = "{work}/audit-{database}"
 signing_key = "{work}/private.pem"
+record_ids = "{record_ids}"
+[secrets]
+pseudonym_key = "bench-pseudonym-root-secret-of-32-bytes-or-more"
 [connectors.events]
 type = "mongodb"
 url = "{url}"
@@ -107,28 +111,60 @@ max_fraction = 1.0
     return config
 
 
+def one_run(url: str, work: Path, documents: int, turn: int) -> dict[str, tuple[float, float, float, float]]:
+    """Per scenario: hand-written, in-process and command seconds, and the command's peak RSS (MB)."""
+    results = {}
+    for scenario, record_ids in SCENARIOS.items():
+        name = scenario.replace("+", "_")
+        expired = {copy: seed(url, f"bench_{name}_{copy}", documents) for copy in ("hand", "inproc", "cli")}
+        assert len(set(expired.values())) == 1, expired
+        contenders: dict[str, Callable[[], tuple[float, float]]] = {
+            "hand": lambda n=name: (hand_written(url, f"bench_{n}_hand"), 0.0),
+            "inproc": lambda n=name, r=record_ids: (
+                tool_in_process(write_config(url, f"bench_{n}_inproc", work, r), NOW), 0.0),
+            "cli": lambda n=name, r=record_ids: tool_cli(write_config(url, f"bench_{n}_cli", work, r), NOW),
+        }
+        order = list(contenders)[turn % 3:] + list(contenders)[:turn % 3]
+        timed = {copy: contenders[copy]() for copy in order}
+        with pymongo.MongoClient(url) as client:
+            left = sum(client[f"bench_{name}_{c}"]["web_sessions"].count_documents(EXPIRED) for c in contenders)
+            for copy in contenders:
+                client.drop_database(f"bench_{name}_{copy}")
+        assert left == 0, left
+        results[scenario] = (timed["hand"][0], timed["inproc"][0], timed["cli"][0], timed["cli"][1])
+        print(f"  {scenario:<11} {expired['hand']:>8,} expired  hand-written {timed['hand'][0]:6.2f}s  "
+              f"in-process {timed['inproc'][0]:6.2f}s ({timed['inproc'][0] / timed['hand'][0]:.2f})  "
+              f"command {timed['cli'][0]:6.2f}s ({timed['cli'][0] / timed['hand'][0]:.2f})  "
+              f"peak RSS {timed['cli'][1]:.0f}MB  [order: {', '.join(order)}]", flush=True)
+    return results
+
+
+def spread(values: list[float], unit: str = "") -> str:
+    return f"{min(values):.2f}-{max(values):.2f}{unit}" if len(values) > 1 else f"{values[0]:.2f}{unit}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--documents", type=int, default=None)
-    documents = parser.parse_args().documents or (1_000_000 if os.environ.get("MONGODB_URI") else 10_000)
+    parser.add_argument("--documents", type=int, default=60_000)
+    parser.add_argument("--runs", type=int, default=3)
+    arguments = parser.parse_args()
     configure("console", -1)
     work = Path(tempfile.mkdtemp(prefix="retention-bench-"))
     generate_keypair(work / "private.pem", work / "public.pem")
+    runs = []
     with mongodb_server() as url:
-        print(f"seeding 3 x {documents:,} documents (half older than 24 months)...", flush=True)
-        for database in ("hand", "inproc", "cli"):
-            seed(url, f"bench_{database}", documents)
-        hand_seconds, deleted = hand_written(url, "bench_hand")
-        inproc_seconds = tool_in_process(write_config(url, "bench_inproc", work), NOW)
-        cli_seconds, rss = tool_cli(write_config(url, "bench_cli", work), NOW)
-        with pymongo.MongoClient(url) as client:
-            left = sum(client[f"bench_{d}"]["web_sessions"].count_documents({"started_at": {"$lt": CUTOFF}})
-                       for d in ("inproc", "cli"))
-    assert left == 0, left
-    print(f"{deleted:,} expired documents deleted by each; batch size {BATCH}\n")
-    print(f"{'hand-written':>12} {'in-process':>10} {'ratio':>6} {'command':>8} {'ratio':>6} {'peak RSS':>9}")
-    print(f"{hand_seconds:>11.2f}s {inproc_seconds:>9.2f}s {inproc_seconds / hand_seconds:>6.2f} "
-          f"{cli_seconds:>7.2f}s {cli_seconds / hand_seconds:>6.2f} {rss:>7.0f}MB")
+        print(f"{arguments.runs} runs of {arguments.documents:,} documents (half older than 24 months), "
+              f"batch size {BATCH}; ratios are tool / hand-written", flush=True)
+        for turn in range(arguments.runs):
+            print(f"run {turn + 1}:", flush=True)
+            runs.append(one_run(url, work, arguments.documents, turn))
+    print(f"\n{'scenario':<11} {'hand-written':>14} {'in-process':>14} {'ratio':>10} {'command':>14} {'ratio':>10} "
+          f"{'peak RSS':>10}")
+    for scenario in SCENARIOS:
+        hand, inproc, cli, rss = (list(column) for column in zip(*(run[scenario] for run in runs), strict=True))
+        print(f"{scenario:<11} {spread(hand, 's'):>14} {spread(inproc, 's'):>14} "
+              f"{spread([i / h for i, h in zip(inproc, hand, strict=True)]):>10} {spread(cli, 's'):>14} "
+              f"{spread([c / h for c, h in zip(cli, hand, strict=True)]):>10} {spread(rss, 'MB'):>10}")
 
 
 if __name__ == "__main__":

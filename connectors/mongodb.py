@@ -1,24 +1,27 @@
-"""MongoDB connector: server-side filters, batched delete_many / update_many with the predicate re-checked."""
+"""MongoDB connector: server-side filters, batches written over ranges with the predicate re-checked."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pymongo
-from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, OperationFailure, PyMongoError
 
-from connectors.mongodb_filters import Filter, all_of, class_filters
-from connectors.mongodb_updates import CLIENT_SIDE, client_side_values, get_path, pipeline
+from connectors.mongodb_batches import Batches
+from connectors.mongodb_filters import NOTHING, Filter, all_of, class_filters
+from connectors.mongodb_updates import get_path, pipeline
 from retention.clients import judge
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
-from retention.ids import canonical_ids, mongo_values
+from retention.ids import mongo_values
 from retention.model import Action, Batch, ClientRegistry, ClientStates, Counts, OptionValue, Selection
 from retention.retry import retrying
 from retention.transforms import KeyedHasher, record_text
+
+LARGE = 100_000  # documents: from here on the total is the server's estimate, and each class its own count
 
 
 class MongoConnector(ConnectorDefaults):
@@ -108,11 +111,17 @@ class MongoConnector(ConnectorDefaults):
     # -- counting and changing -------------------------------------------------------------------------------
 
     def count(self, selection: Selection) -> Counts:
+        """Each class's count. Below LARGE documents, one pass counts them all and the total exactly; above, the
+        total is the server's estimate (from its metadata, no scan; never less than the classes it holds) and each
+        class is one count whose filter leads with the age field's range, for its index to serve."""
         collection = self._collection(selection.target)
         filters = class_filters(selection, self._client_states(selection))
         try:
-            return Counts(total=collection.count_documents({}),
-                          **{name: collection.count_documents(f) for name, f in filters.items()})
+            estimate = collection.estimated_document_count()
+            if estimate < LARGE:
+                return _count_in_one_pass(collection, filters)
+            classes = {name: 0 if f == NOTHING else collection.count_documents(f) for name, f in filters.items()}
+            return Counts(total=max(estimate, sum(classes.values())), **classes)
         except PyMongoError as exc:
             raise ConnectorError(f"count failed: {_summary(exc)}") from None
 
@@ -134,14 +143,20 @@ class MongoConnector(ConnectorDefaults):
     def statement(self, selection: Selection, action: Action) -> str:
         filters = class_filters(selection, ClientStates(frozenset({"<expired client ids>"}),
                                                         frozenset({"<known client ids>"})))
-        matched = {"$and": [{"_id": {"$in": "<batch _ids>"}}, filters["matched"]]}
+        by_age = self._age_field(self._collection(selection.target), selection)
+        field = by_age or "_id"
+        what = "age" if by_age else "_id"
+        batch = {field: {"$gte": f"<the batch's first {what}>", "$lte": f"<the batch's last {what}>"}}
+        matched = all_of(filters["matched"], batch)
         if action.kind == "delete":
             return f"db.{selection.target}.deleteMany({matched!r})"
         return f"db.{selection.target}.updateMany({matched!r}, {pipeline(action, {})!r})"
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
               id_key: bytes | None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
-        key = selection.key or ("_id",)
+        """Batch by batch: the next candidates in `_id` order (or the indexed age field's), then one write over
+        their range with the whole predicate (see `connectors.mongodb_batches`). Each batch reads the registry
+        again for its clients."""
         collection = self._collection(selection.target)
         hasher = KeyedHasher(id_key) if id_key else None
         remaining = limit
@@ -150,61 +165,52 @@ class MongoConnector(ConnectorDefaults):
             candidates = class_filters(selection, self._client_states(selection))["matched"]
         except PyMongoError as exc:
             raise ConnectorError(f"cannot read the client registry: {_summary(exc)}") from None
-        while remaining > 0 and not should_stop():
-            try:
+        if candidates == NOTHING:
+            return
+        batches = Batches(collection, selection, action, candidates=candidates,
+                          by_age=self._age_field(collection, selection), named=hasher is not None,
+                          batch_size=batch_size, clients=lambda ids: self._client_states(selection, ids))
+        try:
+            while remaining > 0 and not should_stop():
                 size = min(batch_size, remaining)
-                batch = retrying(lambda: self._apply_batch(collection, selection, action, key, size,  # noqa: B023
-                                                           candidates),
-                                 lambda e: isinstance(e, ConnectionFailure), what=f"batch on {selection.target}")
-            except PyMongoError as exc:
-                raise ConnectorError(f"batch failed: {_summary(exc)}") from None
-            if not batch:
-                return
-            remaining -= len(batch)
-            yield Batch(len(batch), tuple(map(hasher, batch)) if hasher else ())
+                try:
+                    batch = retrying(lambda: batches.next(size),  # noqa: B023
+                                     lambda e: isinstance(e, ConnectionFailure), what=f"batch on {selection.target}")
+                except PyMongoError as exc:
+                    raise ConnectorError(f"batch failed: {_summary(exc)}") from None
+                if batch is None:
+                    return
+                changed, names = batch
+                if hasher:  # the audit counts the names it is given
+                    changed = len(names)
+                if changed:
+                    remaining -= changed
+                    yield Batch(changed, tuple(map(hasher, names)) if hasher else ())
+        finally:
+            with contextlib.suppress(PyMongoError):
+                batches.close()
 
-    def _apply_batch(self, collection: Collection[dict[str, Any]], selection: Selection, action: Action,
-                     key: tuple[str, ...], size: int, matching: Filter) -> list[str]:
-        """Pick up to `size` documents `matching`, re-judge their clients now, change those still matching.
+    def _age_field(self, collection: Collection[dict[str, Any]], selection: Selection) -> str | None:
+        """The age field, when batches may be ranges of it: the rule expires by age alone and an index leads with
+        that field (without one, a range of it would scan the collection; `_id` always has its index)."""
+        if selection.age is None or selection.client is not None or selection.erasure is not None:
+            return None
+        field = selection.age.field
+        try:
+            indexes = collection.index_information()
+        except PyMongoError as exc:
+            raise ConnectorError(f"cannot list the indexes of {collection.name}: {_summary(exc)}") from None
+        leading = {index["key"][0] for index in indexes.values() if index.get("key")}
+        return field if (field, 1) in leading or (field, -1) in leading else None
 
-        Documents are addressed by `_id`, never by the rule's key: a key value read from a document is untrusted
-        (a stored regex inside `$in` is a pattern), while MongoDB allows no regex, array or undefined `_id`.
-        Returns the key texts (transforms.record_text) of the documents really changed, to name them in the audit.
-        """
-        fields = {t.field: 1 for t in action.transforms if t.kind in CLIENT_SIDE}
-        client_field = selection.client.field if selection.client else None
-        projection = {"_id": 1, **dict.fromkeys(key, 1), **fields, **({client_field: 1} if client_field else {})}
-        candidates = list(collection.find(matching, projection).limit(size))
-        if not candidates:
-            return []
-        named = {_identity(d["_id"]): record_text([get_path(d, f) for f in key]) for d in candidates}
-        ids = [d["_id"] for d in candidates]
-        clients = None
-        if client_field:  # the registry read again, just before the change, for these clients only
-            clients = self._client_states(selection, canonical_ids(get_path(d, client_field) for d in candidates))
-        still_matching = class_filters(selection, clients)["matched"]
-        chosen = all_of({"_id": {"$in": ids}}, still_matching)  # `_id` first: servers look those up by index
-        if action.kind == "delete":
-            changed = collection.delete_many(chosen).deleted_count
-            if changed == len(ids):
-                return list(named.values())
-            left = {_identity(d["_id"]) for d in collection.find({"_id": {"$in": ids}}, {"_id": 1})}
-            return [value for identity, value in named.items() if identity not in left]
-        if fields:
-            requests = [UpdateOne(all_of({"_id": d["_id"]}, still_matching),
-                                  pipeline(action, client_side_values(action, d))) for d in candidates]
-            changed = collection.bulk_write(requests, ordered=False).modified_count
-        else:
-            changed = collection.update_many(chosen, pipeline(action, {})).modified_count
-        if changed == len(ids):
-            return list(named.values())
-        assert action.marker is not None
-        marked = collection.find({"_id": {"$in": ids}, action.marker: action.marked_at}, {"_id": 1})
-        return [named[_identity(d["_id"])] for d in marked]
 
-def _identity(value: Any) -> str:
-    """A hashable stand-in for an `_id` of any BSON type (documents included), to match documents up."""
-    return repr(value)
+def _count_in_one_pass(collection: Collection[dict[str, Any]], filters: dict[str, Filter]) -> Counts:
+    """The total and every class, exactly, in one aggregation (one pass over the collection)."""
+    facets: dict[str, Any] = {"total": [{"$count": "n"}]}
+    facets.update({name: [{"$match": f}, {"$count": "n"}] for name, f in filters.items() if f != NOTHING})
+    row = next(iter(collection.aggregate([{"$facet": facets}])), {})
+    counted = {name: (row.get(name) or [{"n": 0}])[0]["n"] for name in ("total", *filters)}
+    return Counts(**counted)
 
 
 def _summary(error: PyMongoError) -> str:

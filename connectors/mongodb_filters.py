@@ -1,7 +1,8 @@
 """The classes a document can fall in (matched, held, unknown age), as server-side query filters.
 
 Values in filters come from canonical ids (`mongo_values`) and the config, never from documents, so no
-value read from a store can become a query operator.
+value read from a store can become a query operator. Filters stay flat where they can (one operator document per
+field, no top-level `$and`), so that a server's planner can serve the age field's condition from its index.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ def class_filters(selection: Selection, clients: ClientStates | None) -> dict[st
     unknown: list[Filter] = []
     if selection.age:
         field = selection.age.field
-        expired.append({field: {"$type": "date", "$lt": selection.age.cutoff}})
+        # a date bound compares with dates only (MongoDB's type bracketing): strings, numbers, timestamps and null
+        # never match, so this is "a date before the cutoff", as a range an index on the field serves
+        expired.append({field: {"$lt": selection.age.cutoff}})
         unknown.append({field: {"$not": {"$type": "date"}}})  # missing, null, strings, numbers
     if selection.client and clients is not None:
         field = selection.client.field
@@ -45,25 +48,44 @@ def class_filters(selection: Selection, clients: ClientStates | None) -> dict[st
     else:
         not_held, is_held = {}, NOTHING
     return {
-        "matched": all_of(is_expired, not_held, fresh),
-        "held": all_of(is_expired, is_held, fresh),
-        "unknown_age": all_of({"$nor": [is_expired]}, any_of(unknown), fresh),
+        "matched": conjunction(is_expired, not_held, fresh),
+        "held": conjunction(is_expired, is_held, fresh),
+        "unknown_age": conjunction({"$nor": [is_expired]}, any_of(unknown), fresh),
     }
 
 
+def conjunction(*filters: Filter) -> Filter:
+    """all_of, or NOTHING itself when a part is NOTHING (so that callers can skip asking the server)."""
+    return NOTHING if NOTHING in filters else all_of(*filters)
+
+
 def all_of(*filters: Filter) -> Filter:
-    """The conjunction of filters, as one flat document where their keys allow (servers plan those best)."""
+    """The conjunction of filters, as one flat document where their keys allow (servers plan those best).
+
+    Two operator documents on one field merge when their operators differ (`{$lt: a}` and `{$gte: b}` become
+    `{$lt: a, $gte: b}`, which MongoDB reads as the same conjunction, element by element for arrays); a repeated
+    operator, a literal value, or `$regex` / `$options` (which read each other) go to `$and` instead.
+    """
     merged: Filter = {}
     rest: list[Filter] = []
     for part in filters:
         for key, condition in part.items():
             if key == "$and":
                 rest.extend(condition)
-            elif key in merged:
-                rest.append({key: condition})
-            else:
+            elif key not in merged:
                 merged[key] = condition
+            elif _mergeable(merged[key], condition):
+                merged[key] = {**merged[key], **condition}
+            else:
+                rest.append({key: condition})
     return {**merged, "$and": rest} if rest else merged
+
+
+def _mergeable(first: Any, second: Any) -> bool:
+    operators = [first, second]
+    return (all(isinstance(o, dict) and o and all(isinstance(k, str) and k.startswith("$") for k in o)
+                for o in operators)
+            and not set(first) & set(second) and not {"$regex", "$options"} & (set(first) | set(second)))
 
 
 def any_of(filters: list[Filter]) -> Filter:

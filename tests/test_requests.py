@@ -217,14 +217,28 @@ def test_a_driver_failure_fails_that_request_only(sandbox: Sandbox, pg_store: Po
     """A foreign exception while serving one request is that request's failure, signed; the next request runs."""
     import pymongo.collection
 
-    real = pymongo.collection.Collection.count_documents
+    collection = pymongo.collection.Collection
+    real_count, real_aggregate = collection.count_documents, collection.aggregate
+    records = {"client": {"$in": ["c-gone"]}}  # request r-12's records, and nothing else
 
-    def failing(self: Any, filter: dict[str, Any], *args: Any, **kwargs: Any) -> int:
-        if filter == {"client": {"$in": ["c-gone"]}}:  # request r-12's records, and nothing else
+    def matches_them(part: Any) -> bool:
+        """Whether a filter or pipeline (a $match, a $facet's) selects exactly request r-12's records."""
+        if isinstance(part, dict):
+            return part == records or part.get("$match") == records or any(map(matches_them, part.values()))
+        return isinstance(part, list) and any(map(matches_them, part))
+
+    def failing_count(self: Any, filter: dict[str, Any], *args: Any, **kwargs: Any) -> int:
+        if matches_them(filter):
             raise ValueError("driver trouble near jane.doe@example.org")
-        return real(self, filter, *args, **kwargs)
+        return real_count(self, filter, *args, **kwargs)
 
-    monkeypatch.setattr(pymongo.collection.Collection, "count_documents", failing)
+    def failing_aggregate(self: Any, pipeline: list[Any], *args: Any, **kwargs: Any) -> Any:
+        if matches_them(pipeline):
+            raise ValueError("driver trouble near jane.doe@example.org")
+        return real_aggregate(self, pipeline, *args, **kwargs)
+
+    monkeypatch.setattr(collection, "count_documents", failing_count)
+    monkeypatch.setattr(collection, "aggregate", failing_aggregate)
     request(pg_store, "r-12", "c-gone", None, "client_instruction")
     pg_store.insert("erasure_requests", [{"id": "r-13", "client_id": "c-active", "subject_id": None,
                                           "reason": "client_instruction", "received_at": NOW + timedelta(hours=1),
