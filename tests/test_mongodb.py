@@ -545,3 +545,50 @@ def test_the_age_classes_are_range_filters_an_index_serves() -> None:
     assert {"a": {"$lt": 5}, "$and": [{"a": {"$lt": 1}}]} == all_of({"a": {"$lt": 5}}, {"a": {"$lt": 1}})
     assert {"a": {"$regex": "x"}, "$and": [{"a": {"$options": "i"}}]} == all_of({"a": {"$regex": "x"}},
                                                                                 {"a": {"$options": "i"}})
+
+
+def test_id_ranges_never_span_two_type_brackets() -> None:
+    """A chunk of a stream sorted by `_id` stays within one bracket; odd `_id`s (null, booleans, documents, NaN,
+    binData of another subtype or length) are chunks of their own, addressed by themselves."""
+    from connectors.mongodb_ranges import IdRanges
+
+    ids: list[Any] = [None, float("nan"), -3, 2.5, Decimal128("8.5"), "", "a", {"k": 1}, b"ab", b"cd", b"xyz",
+                      Binary.from_uuid(UUID(int=1)), Binary.from_uuid(UUID(int=2)), ObjectId("0" * 24), True,
+                      datetime(2001, 1, 1, tzinfo=UTC), datetime(2002, 1, 1, tzinfo=UTC)]
+    ranges = IdRanges([{"_id": i} for i in ids])
+    bounds = []
+    while (chunk := ranges.next(3)) is not None:
+        bounds.append(chunk.bounds["_id"])
+    assert [{"$in": [None]}, {"$in": [ids[1]]}, {"$gte": -3, "$lte": Decimal128("8.5")}, {"$gte": "", "$lte": "a"},
+            {"$in": [{"k": 1}]}, {"$gte": b"ab", "$lte": b"cd"}, {"$gte": b"xyz", "$lte": b"xyz"},
+            {"$gte": ids[11], "$lte": ids[12]}, {"$gte": ids[13], "$lte": ids[13]}, {"$in": [True]},
+            {"$gte": ids[15], "$lte": ids[16]}] == bounds
+
+
+def test_age_ranges_keep_equal_ages_together_and_split_larger_groups_by_id() -> None:
+    """Chunks of a stream sorted by age hold whole groups of equal ages; a group larger than a chunk is read again
+    in `_id` order and split in `_id` ranges; a document whose age is not one date is a chunk of its own."""
+    from connectors.mongodb_ranges import AgeRanges
+
+    day = [OLD + timedelta(days=n) for n in range(4)]
+    stream = [{"_id": 1, "at": day[0]}, {"_id": 2, "at": day[1]}, {"_id": 3, "at": day[1]},
+              {"_id": 4, "at": [day[1], NOW]}, {"_id": 5, "at": day[2]}] + \
+             [{"_id": 10 + n, "at": day[3]} for n in range(5)]
+    reread: list[datetime] = []
+
+    def group(age: datetime) -> list[dict[str, Any]]:
+        reread.append(age)
+        return [d for d in stream if d["at"] == age]
+
+    ranges = AgeRanges(stream, "at", group)
+    chunks = []
+    while (chunk := ranges.next(2)) is not None:
+        chunks.append(([d["_id"] for d in chunk.documents], chunk.bounds))
+    assert [([1], {"at": {"$gte": day[0], "$lte": day[0]}}),
+            ([2, 3], {"at": {"$gte": day[1], "$lte": day[1]}}),
+            ([4], {"_id": {"$in": [4]}}),
+            ([5], {"at": {"$gte": day[2], "$lte": day[2]}}),
+            ([10, 11], {"at": {"$gte": day[3], "$lte": day[3]}, "_id": {"$gte": 10, "$lte": 11}}),
+            ([12, 13], {"at": {"$gte": day[3], "$lte": day[3]}, "_id": {"$gte": 12, "$lte": 13}}),
+            ([14], {"at": {"$gte": day[3], "$lte": day[3]}, "_id": {"$gte": 14, "$lte": 14}})] == chunks
+    assert [day[3]] == reread
