@@ -5,11 +5,11 @@ The write is `<the range> AND <the whole predicate>`, the registry read again fo
 range a document may have started matching since the candidates were read (or stopped), so the candidates do not
 say what the write changes. So each batch runs in a transaction (snapshot isolation): it reads the documents that
 match in the range, changes them by the same filter, and checks that as many changed; a concurrent change to one
-of them is a write conflict that rolls the batch back (then it is tried again). When no names are wanted
-(`record_ids = "none"`) the batch is just written and counted, in a transaction too, so that a batch never changes
-more than its size. A server without transactions (a standalone mongod), or a range where more match than the
-batch may change, gets the candidates' `_id` list instead: `$in` plus the predicate, and the candidates still
-there afterwards are not named.
+of them is a write conflict that rolls the batch back (then it is tried again, a few times). When no names are
+wanted (`record_ids = "none"`) the batch is just written and counted, in a transaction too, so that a batch never
+changes more than its size. A server without transactions (a standalone mongod), a range where more match than
+the batch may change, or write conflicts that do not stop, get the candidates' `_id` list instead: `$in` plus the
+predicate, and the candidates still there afterwards are not named.
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ class Batches:
         except OperationFailure as exc:
             if exc.code in NO_TRANSACTIONS:
                 raise _NoTransactions from None
+            if _labelled(exc, "TransientTransactionError"):  # write conflicts, again and again: by `_id` then
+                raise _ById from None
             raise
         except ConfigurationError:
             raise _NoTransactions from None

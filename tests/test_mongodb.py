@@ -448,6 +448,35 @@ def test_a_connection_lost_mid_run_reads_the_candidates_again(indexed: bool, san
     assert names_of(before[:9]) == named(report) and 9 == sum(batches(report))
 
 
+@pytest.mark.parametrize("indexed", [False, True], ids=["by-id", "by-age"])
+def test_write_conflicts_that_do_not_stop_leave_the_batch_to_its_ids(indexed: bool, sandbox: Sandbox,
+                                                                      mongo_store: MongoStore,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another client writes to a document of the batch during every try of its transaction (a write conflict,
+    each time): after a few tries the batch is written by `_id` list, and the run still names exactly."""
+    from connectors.mongodb_batches import TRANSACTION_ATTEMPTS
+
+    events = mongo_store.database["events"]
+    events.insert_many([{"_id": i, "at": OLD + timedelta(minutes=i)} for i in range(5)])
+    if indexed:
+        events.create_index("at")
+    before = list(events.find())
+    collection, original, conflicts = pymongo.collection.Collection, pymongo.collection.Collection.delete_many, []
+
+    def conflicting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("session") is not None and kwargs["session"].in_transaction:
+            conflicts.append(1)
+            events.update_one({"_id": 0}, {"$inc": {"touched": 1}})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(collection, "delete_many", conflicting)
+    sandbox.write(RULE.format(action="delete", extra=""), clients=False)
+    report = run_json(sandbox)
+    assert [] == list(events.find())
+    # the first batch's transaction, tried TRANSACTION_ATTEMPTS times; the two others, once each
+    assert names_of(before) == named(report) and TRANSACTION_ATTEMPTS + 2 == len(conflicts)
+
+
 def test_the_registry_is_read_again_for_every_batch(sandbox: Sandbox, mongo_store: MongoStore,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A client re-activated after the first batch keeps its documents; the first batch's client loses them."""
