@@ -47,10 +47,13 @@ def class_filters(selection: Selection, clients: ClientStates | None) -> dict[st
         is_held = {held.client_field: {"$in": mongo_values(held.client_ids)}}
     else:
         not_held, is_held = {}, NOTHING
+    # an age alone: a value that is no date is never expired, and "no date" alone is what an index serves
+    not_expired: Filter = {} if len(expired) == 1 and selection.age and not selection.erasure else {
+        "$nor": [is_expired]}
     return {
         "matched": conjunction(is_expired, not_held, fresh),
         "held": conjunction(is_expired, is_held, fresh),
-        "unknown_age": conjunction({"$nor": [is_expired]}, any_of(unknown), fresh),
+        "unknown_age": conjunction(not_expired, any_of(unknown), fresh),
     }
 
 

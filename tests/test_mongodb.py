@@ -569,6 +569,7 @@ def test_the_age_classes_are_range_filters_an_index_serves() -> None:
     filters = class_filters(selection, None)
     assert {"at": {"$lt": NOW - timedelta(days=730)}} == filters["matched"]
     assert NOTHING == filters["held"]
+    assert {"at": {"$not": {"$type": "date"}}} == filters["unknown_age"]
     assert NOTHING == class_filters(replace(selection, held=HeldScope(everything=True)), None)["matched"]
     assert {"a": {"$lt": 5, "$gte": 1}} == all_of({"a": {"$lt": 5}}, {"a": {"$gte": 1}})
     assert {"a": {"$lt": 5}, "$and": [{"a": {"$lt": 1}}]} == all_of({"a": {"$lt": 5}}, {"a": {"$lt": 1}})
