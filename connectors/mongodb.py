@@ -7,11 +7,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pymongo
+import structlog
 from pymongo.collection import Collection
 from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, OperationFailure, PyMongoError
 
 from connectors.mongodb_batches import Batches
 from connectors.mongodb_filters import NOTHING, Filter, all_of, class_filters
+from connectors.mongodb_lag import majority_commit_lag
 from connectors.mongodb_updates import get_path, pipeline
 from retention.clients import judge
 from retention.connector import ConnectorDefaults, Option
@@ -22,6 +24,8 @@ from retention.retry import retrying
 from retention.transforms import KeyedHasher, record_text
 
 LARGE = 100_000  # documents: from here on the total is the server's estimate, and each class its own count
+
+log = structlog.get_logger("retention")
 
 
 class MongoConnector(ConnectorDefaults):
@@ -52,6 +56,14 @@ class MongoConnector(ConnectorDefaults):
 
     def close(self) -> None:
         self.client.close()
+
+    def replica_lag(self) -> float | None:
+        """Seconds the replica set's majority commit point trails the last write (`hello`); None standalone."""
+        try:
+            return majority_commit_lag(self.client.admin.command("hello"))
+        except PyMongoError as exc:
+            log.warning("replica_lag_unknown", error=_summary(exc))
+            return None
 
     # -- targets ---------------------------------------------------------------------------------------------
 

@@ -193,3 +193,23 @@ def test_mongodb_majority_commit_lag_is_read_from_hello() -> None:
     assert 0.0 == majority_commit_lag({"lastWrite": {"lastWriteDate": written, "majorityWriteDate": written}})
     assert majority_commit_lag({"isWritablePrimary": True}) is None  # a standalone server has no replicas
     assert majority_commit_lag({"lastWrite": {"lastWriteDate": "soon"}}) is None
+
+
+def test_a_mongodb_replica_set_in_step_never_pauses_the_run(mongo_store: object, tmp_path: Path) -> None:
+    """On the test server (a one-member replica set) the majority is never behind: the lag reads 0, no pause."""
+    from connectors.mongodb import MongoConnector
+    from tests.stores import MongoStore
+
+    assert isinstance(mongo_store, MongoStore)
+    connector = MongoConnector("events", {"url": mongo_store.url, "database": mongo_store.database.name})
+    assert 0.0 == connector.replica_lag()
+    connector.close()
+    mongo_store.standard_schema()
+    add_cookies(mongo_store, NOW, *[timedelta(days=800)] * 5)
+    box = make_sandbox(tmp_path / "sandbox", mongo_store)
+    box.write(COOKIE_RULE, clients=False)
+    box.config.write_text(box.config.read_text().replace("batch_size = 2\n",
+                                                         'batch_size = 2\nmax_replica_lag = "1 second"\n'))
+    result = box.cli("run", "--now", "2026-11-29T03:00:00Z", "--format", "json")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    assert 5 == json.loads(result.stdout)["rules"][0]["changed"] and "replica_lag_pause" not in result.stderr
