@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -277,43 +276,25 @@ class SqlConnector(ConnectorDefaults):
         hasher = KeyedHasher(id_key) if id_key else None
         excluded: list[Any] = []
         spent = [0]
-        # With record ids, a batch's keys are hashed on a second thread while the database runs the next batch
-        # (the driver releases the GIL while it waits): the hashing costs about as much as the statement.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sql-ids-{self.name}") as naming:
-            named: list[Future[Batch]] = []  # the one committed batch still being named
-
-            def settled() -> Iterator[Batch]:
-                while named:
-                    yield named.pop().result()
-
+        # Each batch is reported before the next one starts: a committed batch is never left unreported, whatever
+        # happens to the run after it (a stop, a failure, a pause for lagging replicas, a crash)
+        while remaining > 0 and not should_stop():
+            size = min(batch_size, remaining)
             try:
-                while remaining > 0 and not should_stop():
-                    size = min(batch_size, remaining)
-                    try:
-                        count, rows = self._batch(self.build(selection, action, size, id_key, excluded=excluded),
-                                                  hasher is not None, selection.target)
-                    except _Refused:
-                        yield from settled()
-                        candidates = self._candidate_rows(selection, size, excluded)
-                        if not candidates:
-                            break
-                        for batch in self._isolate(selection, action, candidates, id_key, hasher, excluded, spent):
-                            remaining -= batch.count
-                            yield batch
-                        continue
-                    if not count:
-                        break
-                    remaining -= count
-                    following = naming.submit(_named, count, rows, hasher) if hasher else None
-                    yield from settled()
-                    if following is None:
-                        yield Batch(count)
-                    else:
-                        named.append(following)
-            except Exception:
-                yield from settled()  # a batch committed before the failure is reported before it
-                raise
-            yield from settled()
+                count, keys = self._batch(self.build(selection, action, size, id_key, excluded=excluded),
+                                          hasher is not None, selection.target)
+            except _Refused:
+                candidates = self._candidate_rows(selection, size, excluded)
+                if not candidates:
+                    return
+                for batch in self._isolate(selection, action, candidates, id_key, hasher, excluded, spent):
+                    remaining -= batch.count
+                    yield batch
+                continue
+            if not count:
+                return
+            remaining -= count
+            yield _named(count, keys, hasher)
 
     def _isolate(self, selection: Selection, action: Action, rows: list[Any], id_key: bytes | None,
                  hasher: KeyedHasher | None, excluded: list[Any], spent: list[int]) -> Iterator[Batch]:

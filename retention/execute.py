@@ -174,7 +174,6 @@ class Executor:
             self.progress.start(rule.name, counts.matched)
             for batch in connector.apply(work.selection, work.action, batch_size=self.config.batch_size(rule),
                                          limit=counts.matched, id_key=self.id_key, should_stop=self.should_stop):
-                self.pace.before_next_batch(connector)  # the store is idle here: the next batch waits
                 if batch.blocked or batch.unsettled:
                     report.blocked += batch.blocked
                     unsettled += batch.unsettled
@@ -183,10 +182,12 @@ class Executor:
                     continue
                 self.progress.advance(batch.count)
                 report.changed += batch.count
-                yield Applied(batch.count, batch.ids, batch.partition)
+                yield Applied(batch.count, batch.ids, batch.partition)  # recorded first, then the pause
                 log.debug("batch_applied", count=batch.count, changed=report.changed)
+                if report.changed + report.blocked + unsettled < counts.matched:
+                    self.pace.before_next_batch(connector)  # the store is idle here: the next batch waits
             self.progress.finish()
-            if self.should_stop():
+            if report.changed + report.blocked + unsettled < counts.matched and self.should_stop():
                 raise Interrupted  # every batch the store finished is in the log; no new one was started
         if refusals or unsettled:
             raise RecordsRefused(_refused_message(rule.target, report.blocked, refusals, unsettled))

@@ -54,15 +54,24 @@ class Pace:
         """Wait while the store's slowest replica lags more than allowed; a stop or the deadline ends the wait."""
         if self._max_lag is None or not isinstance(store, ReplicaLag):
             return
-        lag = store.replica_lag()
+        lag = _lag(store)
         if lag is None or lag <= self._max_lag:
             return
         log.warning("replica_lag_pause", lag_seconds=round(lag, 3), max_lag_seconds=self._max_lag)
         started = self._monotonic()
         while lag is not None and lag > self._max_lag and not self.should_stop():
             self._sleep(POLL_SECONDS)
-            lag = store.replica_lag()
+            lag = _lag(store)
         paused = self._monotonic() - started
         self.paused_seconds += paused
         log.info("replica_lag_resume", paused_seconds=round(paused, 3),
                  lag_seconds=round(lag, 3) if lag is not None else None)
+
+
+def _lag(store: ReplicaLag) -> float | None:
+    """The store's replica lag; a probe that fails (in any way) is an unknown lag, never the run's failure."""
+    try:
+        return store.replica_lag()
+    except Exception as exc:  # a third-party connector's probe is not trusted to raise only ConnectorError
+        log.warning("replica_lag_unknown", error_class=type(exc).__name__)
+        return None
