@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -104,7 +105,24 @@ class Server:
     url: str
     admin: psycopg.Connection[tuple[object, ...]]
     work: Path
+    postmaster: int  # its process id, for the CPU time of the server
     strategy: str = ""  # PostgreSQL 15+: copy the files, not page by page through the WAL (faster for large copies)
+
+    def cpu(self) -> float:
+        """CPU seconds of the whole server: the postmaster's own and reaped children's, and its live children's."""
+        ticks = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile: its time is in the postmaster's children's time
+            if int(entry.name) == self.postmaster:
+                ticks += sum(int(field) for field in fields[11:15])  # utime, stime, cutime, cstime
+            elif int(fields[1]) == self.postmaster:
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def db(self, name: str) -> str:
         return f"{self.url.rsplit('/', 1)[0]}/{name}"
@@ -181,31 +199,57 @@ def expired_left(url: str, rule: str) -> int:
 
 @dataclass
 class Timing:
+    """Wall seconds, and the CPU seconds spent by the contender's own process and by PostgreSQL meanwhile."""
+
     seconds: float
     rss_mb: float = 0.0
+    client_cpu: float = 0.0
+    db_cpu: float = 0.0
+
+    @property
+    def cpu(self) -> float:
+        return self.client_cpu + self.db_cpu
 
 
-def contend(server: Server, seed: str, contender: str, rule: str, record_ids: str, expired: int) -> Timing:
-    """One contender on its own fresh copy of `seed`, checked afterwards (every expired row done), then dropped."""
-    name = f"{seed}_{contender}"
-    url = server.copy(seed, name)
+def own_cpu(children: bool = False) -> float:
+    """CPU seconds of this process (every thread), or of its finished children (the `retention run` commands)."""
+    if not children:
+        return time.process_time()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def contend(server: Server, seed: str, contender: str, rule: str, record_ids: str, expired: int, *,
+            copy: bool = True) -> Timing:
+    """One contender on its own fresh copy of `seed` (or on `seed` itself), checked afterwards, then dropped.
+
+    Besides wall time, the CPU seconds of the contender's process and of the PostgreSQL server (every backend and
+    background process, autovacuum included): on a machine other jobs share, CPU seconds move far less than wall time.
+    """
+    name = f"{seed}_{contender}" if copy else seed
+    url = server.copy(seed, name) if copy else server.db(seed)
     try:
-        if contender == "hand":
-            seconds, changed = hand_written(url, HAND[rule])
-            assert changed == expired, (changed, expired)
-            timing = Timing(seconds)
-        else:
-            config = write_config(url, server.work, rule, record_ids)
-            try:
-                timing = Timing(tool_in_process(config, NOW)) if contender == "inproc" \
-                    else Timing(*tool_cli(config, NOW))
-            finally:
-                shutil.rmtree(config.parent, ignore_errors=True)  # sidecars of hashed ids run to tens of MB
+        config = write_config(url, server.work, rule, record_ids)
+        try:
+            client, db = own_cpu(contender == "cli"), server.cpu()
+            if contender == "hand":
+                seconds, changed = hand_written(url, HAND[rule])
+                assert changed == expired, (changed, expired)
+                timing = Timing(seconds)
+            elif contender == "inproc":
+                timing = Timing(tool_in_process(config, NOW))
+            else:
+                timing = Timing(*tool_cli(config, NOW))
+            time.sleep(0.2)  # the contender's backends have exited and been reaped: their CPU is counted
+            timing.client_cpu, timing.db_cpu = own_cpu(contender == "cli") - client, server.cpu() - db
+        finally:
+            shutil.rmtree(config.parent, ignore_errors=True)  # sidecars of hashed ids run to tens of MB
         left = expired_left(url, rule)
         assert left == 0, f"{contender}: {left} expired rows left"
         return timing
     finally:
-        server.drop(name)
+        if copy:
+            server.drop(name)
 
 
 def rotated(items: Sequence[str], run: int) -> list[str]:
@@ -240,6 +284,16 @@ def warm_up(server: Server) -> None:
     server.drop("warmup")
 
 
+def ratios(tool: Sequence[float], hand: Sequence[float]) -> str:
+    """Within each run, and (after the bar) fastest against fastest."""
+    return f"{span([t / h for t, h in zip(tool, hand, strict=True)])} ({min(tool) / min(hand):.2f})"
+
+
+def cpu_cell(timings: Sequence[Timing], client: str) -> str:
+    return (f"{span([t.cpu for t in timings], unit=' s')} ({client} {span([t.client_cpu for t in timings])}, "
+            f"PostgreSQL {span([t.db_cpu for t in timings])})")
+
+
 def bulk(server: Server, rows: int, runs: int) -> None:
     """Scenario 1: `rows` rows, half expired; delete and anonymize, record_ids none and hashed."""
     print(f"\n== {rows:,} rows, half expired; batch {BATCH:,}; {runs} run(s), each contender on its own copy ==")
@@ -248,7 +302,7 @@ def bulk(server: Server, rows: int, runs: int) -> None:
     scenarios = [(rule, ids) for rule in ("delete", "anonymize") for ids in ("none", "hashed")]
     results: dict[tuple[str, str], dict[str, list[Timing]]] = {s: {c: [] for c in CONTENDERS} for s in scenarios}
     header = (f"{'scenario':<18} {'hand-written':>12} {'in-process':>10} {'ratio':>6} {'command':>8} {'ratio':>6} "
-              f"{'peak RSS':>9}")
+              f"{'peak RSS':>9}   CPU s: {'hand':>5} {'in-pr.':>6} {'command':>7}")
     for run in range(runs):
         print(f"\nrun {run + 1}/{runs} ({load()})\n{header}", flush=True)
         for rule, ids in scenarios:
@@ -258,20 +312,24 @@ def bulk(server: Server, rows: int, runs: int) -> None:
             hand, inproc, cli = (timings[c] for c in CONTENDERS)
             print(f"{rule + ', ' + ids:<18} {hand.seconds:>11.2f}s {inproc.seconds:>9.2f}s "
                   f"{inproc.seconds / hand.seconds:>6.2f} {cli.seconds:>7.2f}s {cli.seconds / hand.seconds:>6.2f} "
-                  f"{cli.rss_mb:>7.0f}MB", flush=True)
-    print(f"\nsummary, min–max over {runs} run(s); ratio: within each run; best: fastest tool / fastest hand-written "
-          "(aims: none ≤ 1.2, hashed ≤ 1.5)")
-    print("| scenario | hand-written | the run in-process | ratio | best | `retention run` command | ratio | best "
-          "| peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|")
+                  f"{cli.rss_mb:>7.0f}MB   {'':>6} {hand.cpu:>5.2f} {inproc.cpu:>6.2f} {cli.cpu:>7.2f}", flush=True)
+    print(f"\nsummary, min–max over {runs} run(s); ratios tool / hand-written within each run, and in brackets "
+          "fastest / fastest (aims: none ≤ 1.2, hashed ≤ 1.5)")
+    print("| scenario | hand-written | the run in-process | ratio | `retention run` command | ratio | peak RSS |")
+    print("|---|---|---|---|---|---|---|")
     for (rule, ids), by in results.items():
-        hand = [t.seconds for t in by["hand"]]
-        inproc = [t.seconds for t in by["inproc"]]
-        cli = [t.seconds for t in by["cli"]]
+        hand, inproc, cli = ([t.seconds for t in by[c]] for c in CONTENDERS)
         print(f"| {rule}, `record_ids = \"{ids}\"` | {span(hand, unit=' s')} | {span(inproc, unit=' s')} "
-              f"| {span([i / h for i, h in zip(inproc, hand, strict=True)])} | {min(inproc) / min(hand):.2f} "
-              f"| {span(cli, unit=' s')} | {span([c / h for c, h in zip(cli, hand, strict=True)])} "
-              f"| {min(cli) / min(hand):.2f} | {span([t.rss_mb for t in by['cli']], 0, ' MB')} |")
+              f"| {ratios(inproc, hand)} | {span(cli, unit=' s')} | {ratios(cli, hand)} "
+              f"| {span([t.rss_mb for t in by['cli']], 0, ' MB')} |")
+    print("\nCPU seconds (the contender's process + the PostgreSQL server), min–max; ratios as above")
+    print("| scenario | hand-written | the run in-process | ratio | `retention run` command | ratio |")
+    print("|---|---|---|---|---|---|")
+    for (rule, ids), by in results.items():
+        hand, inproc, cli = ([t.cpu for t in by[c]] for c in CONTENDERS)
+        print(f"| {rule}, `record_ids = \"{ids}\"` | {cpu_cell(by['hand'], 'client')} "
+              f"| {cpu_cell(by['inproc'], 'Python')} | {ratios(inproc, hand)} | {cpu_cell(by['cli'], 'Python')} "
+              f"| {ratios(cli, hand)} |")
     for (rule, ids), by in results.items():
         disturbed(f"{rule}, {ids}", [t.seconds for t in by["hand"]])
     server.drop("bulk")
@@ -288,26 +346,30 @@ def steady(server: Server, runs: int) -> None:
     results: dict[int, dict[str, list[Timing]]] = {size: {c: [] for c in CONTENDERS} for size in STEADY_SIZES}
     for run in range(runs):
         print(f"\nrun {run + 1}/{runs} ({load()})")
-        print(f"{'rows':>10} {'hand-written':>12} {'in-process':>10} {'command':>8} {'peak RSS':>9}", flush=True)
+        print(f"{'rows':>10} {'hand-written':>12} {'in-process':>10} {'command':>8} {'peak RSS':>9}   "
+              f"CPU s: {'hand':>5} {'in-pr.':>6} {'command':>7}", flush=True)
         sizes = STEADY_SIZES if run % 2 == 0 else STEADY_SIZES[::-1]
         for size in sizes:
             timings = {c: contend(server, seeds[size], c, "delete", "hashed", STEADY_EXPIRED)
                        for c in rotated(CONTENDERS, run)}
             for contender, timing in timings.items():
                 results[size][contender].append(timing)
-            print(f"{size:>10,} {timings['hand'].seconds:>11.3f}s {timings['inproc'].seconds:>9.3f}s "
-                  f"{timings['cli'].seconds:>7.3f}s {timings['cli'].rss_mb:>7.0f}MB", flush=True)
-    print(f"\nsummary, min–max over {runs} run(s); growth: time at {large:,} / time at {small:,} within each run; "
-          "best: fastest / fastest (aim: the tool ≤ x1.2, hand-written flat)")
-    print(f"| contender | {small:,} rows | {large:,} rows | growth | best |")
-    print("|---|---|---|---|---|")
+            hand, inproc, cli = (timings[c] for c in CONTENDERS)
+            print(f"{size:>10,} {hand.seconds:>11.3f}s {inproc.seconds:>9.3f}s {cli.seconds:>7.3f}s "
+                  f"{cli.rss_mb:>7.0f}MB   {'':>6} {hand.cpu:>5.2f} {inproc.cpu:>6.2f} {cli.cpu:>7.2f}", flush=True)
+    print(f"\nsummary, min–max over {runs} run(s); growth: at {large:,} rows / at {small:,} rows within each run, "
+          "and in brackets fastest / fastest (aim: the tool ≤ x1.2, hand-written flat)")
+    print(f"| contender | {small:,} rows | {large:,} rows | growth | CPU at {small:,} | CPU at {large:,} "
+          "| CPU growth |")
+    print("|---|---|---|---|---|---|---|")
     for contender, label in (("hand", "hand-written DELETE loop"), ("inproc", "the run in-process"),
                              ("cli", "`retention run` command")):
-        at_small = [t.seconds for t in results[small][contender]]
-        at_large = [t.seconds for t in results[large][contender]]
-        growth = [big / little for big, little in zip(at_large, at_small, strict=True)]
-        print(f"| {label} | {span(at_small, 3, ' s')} | {span(at_large, 3, ' s')} | x{span(growth)} "
-              f"| x{min(at_large) / min(at_small):.2f} |")
+        at_small, at_large = results[small][contender], results[large][contender]
+        wall_small, wall_large = [t.seconds for t in at_small], [t.seconds for t in at_large]
+        cpu_small, cpu_large = [t.cpu for t in at_small], [t.cpu for t in at_large]
+        print(f"| {label} | {span(wall_small, 3, ' s')} | {span(wall_large, 3, ' s')} "
+              f"| x{ratios(wall_large, wall_small)} "
+              f"| {span(cpu_small, unit=' s')} | {span(cpu_large, unit=' s')} | x{ratios(cpu_large, cpu_small)} |")
     for size in STEADY_SIZES:
         disturbed(f"{size:,} rows", [t.seconds for t in results[size]["hand"]])
     for name in seeds.values():
@@ -321,19 +383,11 @@ def rss(server: Server, runs: int) -> None:
           f"{runs} run(s) (aim: peak RSS < 200 MB) ==")
     server.seed("rss", RSS_ROWS, 2)
     timings: list[Timing] = []
-    for run in range(runs):
-        if runs == 1:  # one run needs no copy: the seed itself is used up
-            config = write_config(server.db("rss"), server.work, "delete", "hashed")
-            try:
-                timings.append(Timing(*tool_cli(config, NOW)))
-            finally:
-                shutil.rmtree(config.parent, ignore_errors=True)
-            left = expired_left(server.db("rss"), "delete")
-            assert left == 0, f"{left} expired rows left"
-        else:
-            timings.append(contend(server, "rss", "cli", "delete", "hashed", expired))
+    for run in range(runs):  # one run needs no copy: the seed itself is used up
+        timings.append(contend(server, "rss", "cli", "delete", "hashed", expired, copy=runs > 1))
         print(f"run {run + 1}/{runs} ({load()}): the command {timings[-1].seconds:.1f} s, "
-              f"peak RSS {timings[-1].rss_mb:.0f} MB", flush=True)
+              f"peak RSS {timings[-1].rss_mb:.0f} MB, CPU {timings[-1].client_cpu:.1f} s (PostgreSQL "
+              f"{timings[-1].db_cpu:.1f} s)", flush=True)
     print(f"\nsummary: the command {span([t.seconds for t in timings], 1, ' s')}, "
           f"peak RSS {span([t.rss_mb for t in timings], 0, ' MB')}")
     server.drop("rss")
@@ -353,7 +407,9 @@ def main() -> None:
         with postgres_server() as url, psycopg.connect(url, autocommit=True) as admin:
             version, number = admin.execute("SELECT current_setting('server_version'), "
                                             "current_setting('server_version_num')::int").fetchone()  # type: ignore[misc]
-            server = Server(url, admin, work, " STRATEGY FILE_COPY" if number >= 150000 else "")
+            data = Path(str(admin.execute("SHOW data_directory").fetchone()[0]))  # type: ignore[index]
+            postmaster = int((data / "postmaster.pid").read_text().split()[0])
+            server = Server(url, admin, work, postmaster, " STRATEGY FILE_COPY" if number >= 150000 else "")
             free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
             print(f"PostgreSQL {version}, {os.cpu_count()} CPUs, {load()}; {free:.0f} GB free in "
                   f"{tempfile.gettempdir()}")
