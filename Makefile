@@ -22,7 +22,7 @@ test: $(BIN)/retention lint  ## the whole suite; starts its own PostgreSQL serve
 	scripts/ensure-postgres
 	$(BIN)/python -m pytest
 
-bench: $(BIN)/retention  ## 1,000,000 rows on a throwaway PostgreSQL: the tool against hand-written SQL
+bench: $(BIN)/retention  ## 2,000,000 rows on a throwaway PostgreSQL: the tool against hand-written SQL
 	scripts/ensure-postgres
 	$(BIN)/python bench/bench_postgres.py
 
