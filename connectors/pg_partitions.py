@@ -103,7 +103,7 @@ def _drop(connector: PostgresConnector, parent: Table, partition: Table, selecti
 
 
 def _children(connector: PostgresConnector, parent: Table) -> list[tuple[str, str]]:
-    """The parent's direct, unpartitioned children, schema-qualified, with their bounds, oldest first."""
+    """The parent's direct, unpartitioned children, schema-qualified, with their bounds, by name."""
     rows = connector._all(text(
         "SELECT n.nspname || '.' || c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
         "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace "

@@ -170,6 +170,10 @@ class Executor:
             return
         refusals: dict[str, int] = {}
         unsettled = 0
+
+        def work_left() -> bool:  # records the count found that no batch has settled yet
+            return report.changed + report.blocked + unsettled < counts.matched
+
         if not self.dry_run:
             self.progress.start(rule.name, counts.matched)
             for batch in connector.apply(work.selection, work.action, batch_size=self.config.batch_size(rule),
@@ -184,10 +188,10 @@ class Executor:
                 report.changed += batch.count
                 yield Applied(batch.count, batch.ids, batch.partition)  # recorded first, then the pause
                 log.debug("batch_applied", count=batch.count, changed=report.changed)
-                if report.changed + report.blocked + unsettled < counts.matched:
+                if work_left():
                     self.pace.before_next_batch(connector)  # the store is idle here: the next batch waits
             self.progress.finish()
-            if report.changed + report.blocked + unsettled < counts.matched and self.should_stop():
+            if work_left() and self.should_stop():
                 raise Interrupted  # every batch the store finished is in the log; no new one was started
         if refusals or unsettled:
             raise RecordsRefused(_refused_message(rule.target, report.blocked, refusals, unsettled))

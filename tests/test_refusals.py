@@ -15,6 +15,15 @@ from tests.helpers import Sandbox, make_sandbox
 from tests.stores import PostgresStore, SqlStore
 
 REFUSED = 42
+VISITS_RULE = """
+[[rules]]
+name = "visits"
+connector = "app"
+table = "visits"
+expire = { after = "24 months", field = "created" }
+action = "delete"
+max_fraction = 1.0
+"""
 
 
 def refuse_one(store: SqlStore) -> str:
@@ -124,15 +133,7 @@ def test_a_partitioned_table_with_a_composite_key(tmp_path: Path, pg_store: Post
                                                                        date(2026, 11, 5)) for n in range(1, 4)]
     pg_store.insert("visits", rows)
     box = make_sandbox(tmp_path / "sandbox", pg_store)
-    box.write("""
-[[rules]]
-name = "visits"
-connector = "app"
-table = "visits"
-expire = { after = "24 months", field = "created" }
-action = "delete"
-max_fraction = 1.0
-""", clients=False)
+    box.write(VISITS_RULE, clients=False)
     result = box.cli("run", "--now", NOW_TEXT, "--format", "json")
     assert 0 == result.exit_code, result.stdout + result.stderr
     assert 6 == json.loads(result.stdout)["rules"][0]["changed"]
@@ -159,15 +160,7 @@ def test_a_refused_row_in_one_partition_blocks_only_itself(tmp_path: Path, pg_st
     pg_store.execute("CREATE TRIGGER refuse BEFORE DELETE ON visits_1 FOR EACH ROW WHEN (OLD.id = 3) "
                      "EXECUTE FUNCTION refuse()")
     box = make_sandbox(tmp_path / "sandbox", pg_store)
-    box.write("""
-[[rules]]
-name = "visits"
-connector = "app"
-table = "visits"
-expire = { after = "24 months", field = "created" }
-action = "delete"
-max_fraction = 1.0
-""", clients=False)
+    box.write(VISITS_RULE, clients=False)
     box.config.write_text(box.config.read_text().replace("batch_size = 2", "batch_size = 10"))
     result = box.cli("run", "--now", NOW_TEXT, "--format", "json")
     rule = json.loads(result.stdout)["rules"][0]
