@@ -20,7 +20,7 @@ from sqlalchemy import exc as sa_exc
 
 from connectors.sql_errors import db_error
 from retention.model import Batch, Selection
-from retention.transforms import KeyedHasher, record_text
+from retention.transforms import KeyedHasher
 
 if TYPE_CHECKING:
     from connectors.postgres import PostgresConnector
@@ -64,10 +64,12 @@ def drop_expired(connector: PostgresConnector, selection: Selection, limit: int,
     hasher = KeyedHasher(id_key) if id_key else None
     remaining = limit
     for name, bound in _children(connector, parent):
-        if should_stop() or remaining <= 0:
+        if remaining <= 0:
             return
         if not _expired_whole(connector, parent, bound, selection):
             continue
+        if should_stop():
+            return
         batch = _drop(connector, parent, connector.table(name), selection, remaining, hasher)
         if batch is not None:
             remaining -= batch.count
@@ -91,7 +93,7 @@ def _drop(connector: PostgresConnector, parent: Table, partition: Table, selecti
                 return None
             ids: tuple[str, ...] = ()
             if hasher is not None:
-                ids = tuple(hasher(record_text(row)) for row in connection.execute(select(*keys)))
+                ids = hasher.records(connection.execute(select(*keys)))
             connection.execute(text(f"ALTER TABLE {quote(parent)} DETACH PARTITION {quote(partition)}"))
             connection.execute(text(f"DROP TABLE {quote(partition)}"))
     except sa_exc.DBAPIError as exc:  # a lock not granted in time, say: its rows go the row-by-row way

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar
 
+import structlog
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -34,7 +37,9 @@ from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
 from retention.model import Action, Batch, ClientRegistry, Counts, OptionValue, Selection
 from retention.retry import retrying
-from retention.transforms import KeyedHasher, record_text
+from retention.transforms import KeyedHasher
+
+log = structlog.get_logger("retention")
 
 
 class SqlConnector(ConnectorDefaults):
@@ -215,7 +220,7 @@ class SqlConnector(ConnectorDefaults):
         with self.engine.connect() as connection:
             result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(statement)
             for chunk in result.partitions(batch_size):
-                yield tuple(hasher(record_text(row)) for row in chunk)
+                yield hasher.records(chunk)
 
     def build(self, selection: Selection, action: Action, size: int, id_key: bytes | None = None, *,
               excluded: Sequence[Any] = (), rows: Sequence[Any] | None = None) -> Delete | Update:
@@ -271,30 +276,58 @@ class SqlConnector(ConnectorDefaults):
         A refused record (a foreign key from a newer row, a trigger, a check) is counted as blocked and left out of
         later batches, so one such record never stalls the rest of the rule. Isolation costs about
         2 x log2(batch size) small statements per refused record, within ISOLATION_BUDGET per rule and run.
+
+        Where records are named (`id_key`) and the database allows it, the next batch runs on a second connection
+        while this one is named and recorded: hashing a batch costs Python about as long as the batch costs the
+        database. `should_stop()` is still asked before each batch starts, and every batch committed is yielded,
+        whatever happens between two batches; only a crash can leave two batches unrecorded instead of one.
         """
         remaining = limit
         hasher = KeyedHasher(id_key) if id_key else None
         excluded: list[Any] = []
         spent = [0]
-        # Each batch is reported before the next one starts: a committed batch is never left unreported, whatever
-        # happens to the run after it (a stop, a failure, a pause for lagging replicas, a crash)
-        while remaining > 0 and not should_stop():
+        built: tuple[tuple[int, int], Delete | Update] | None = None  # kept while size and exclusions hold
+
+        def start() -> Future[tuple[int, Sequence[Sequence[Any]]]] | None:
+            """The next batch under way, or None when nothing is left or a stop was asked for."""
+            nonlocal built
+            if remaining <= 0 or should_stop():
+                return None
             size = min(batch_size, remaining)
+            if built is None or built[0] != (size, len(excluded)):
+                built = (size, len(excluded)), self.build(selection, action, size, id_key, excluded=excluded)
+            return runner.submit(self._batch, built[1], hasher is not None, selection.target)
+
+        overlapping = hasher is not None and self.dialect.overlapping_batches
+        with _BatchRunner(overlapping) as runner:
+            pending = start()
             try:
-                count, keys = self._batch(self.build(selection, action, size, id_key, excluded=excluded),
-                                          hasher is not None, selection.target)
-            except _Refused:
-                candidates = self._candidate_rows(selection, size, excluded)
-                if not candidates:
-                    return
-                for batch in self._isolate(selection, action, candidates, id_key, hasher, excluded, spent):
-                    remaining -= batch.count
-                    yield batch
-                continue
-            if not count:
-                return
-            remaining -= count
-            yield _named(count, keys, hasher)
+                while pending is not None:
+                    under_way, pending = pending, None
+                    try:
+                        count, keys = under_way.result()
+                    except _Refused:
+                        candidates = self._candidate_rows(selection, min(batch_size, remaining), excluded)
+                        if not candidates:
+                            return
+                        for batch in self._isolate(selection, action, candidates, id_key, hasher, excluded, spent):
+                            remaining -= batch.count
+                            yield batch
+                        pending = start()
+                        continue
+                    if not count:
+                        return
+                    remaining -= count
+                    if not overlapping:
+                        yield _named(count, keys, hasher)
+                        pending = start()
+                        continue
+                    try:
+                        pending = start()  # runs while this batch is named and recorded
+                    finally:  # even when asking to go on failed: this batch is committed, so it is recorded
+                        yield _named(count, keys, hasher)
+            finally:
+                _unrecorded(pending)
 
     def _isolate(self, selection: Selection, action: Action, rows: list[Any], id_key: bytes | None,
                  hasher: KeyedHasher | None, excluded: list[Any], spent: list[int]) -> Iterator[Batch]:
@@ -320,17 +353,20 @@ class SqlConnector(ConnectorDefaults):
                 else:
                     parts += [part[len(part) // 2:], part[:len(part) // 2]]
 
-    def _batch(self, statement: Any, keyed: bool, target: str) -> tuple[int, Sequence[Sequence[Any]]]:
+    def _batch(self, statement: Delete | Update, keyed: bool, target: str) -> tuple[int, Sequence[Sequence[Any]]]:
         """Run one batch in its own transaction, retrying lost connections; a refusal by the data is `_Refused`.
 
         Returns how many records changed, and (when `keyed`) their keys, as the statement returned them.
         """
+        raw = keyed and self._driver_values(statement)
+
         def run() -> tuple[int, Sequence[Sequence[Any]]]:
             with self.engine.begin() as connection:
                 result = connection.execute(statement)
                 if not keyed:
                     return result.rowcount, ()
-                keys = result.all()
+                # the driver's own tuples where SQLAlchemy would not convert the values: 0.85 µs a record less
+                keys = result.cursor.fetchall() if raw else result.all()
                 return len(keys), keys
 
         try:
@@ -339,6 +375,22 @@ class SqlConnector(ConnectorDefaults):
             if refused_by_a_record(exc):
                 raise _Refused(db_error(exc.orig)) from None
             raise ConnectorError(f"batch failed and was rolled back: {db_error(exc.orig)}") from None
+
+    def _driver_values(self, statement: Delete | Update) -> bool:
+        """Whether the driver's values of the columns `statement` returns are what SQLAlchemy would hand back.
+
+        They are when no column's type converts its results on this dialect (integers, text and uuids on
+        PostgreSQL); a record is named by the text of its key, and that must not depend on the path it came by.
+        """
+        dialect = self.engine.dialect
+
+        def passes_through(column: Any) -> bool:
+            try:
+                return column.type.dialect_impl(dialect).result_processor(dialect, None) is None
+            except Exception:  # a type that must see the driver's type code to decide: it converts
+                return False
+
+        return all(passes_through(column) for column in statement.exported_columns)
 
     def _all(self, statement: Any) -> list[Any]:
         def query() -> list[Any]:
@@ -363,10 +415,17 @@ class SqlConnector(ConnectorDefaults):
 
 def _named(count: int, keys: Sequence[Sequence[Any]], hasher: KeyedHasher | None) -> Batch:
     """A changed batch, its records named by the keyed hash of their keys (when record ids are kept)."""
-    return Batch(count, tuple(hasher(record_text(key)) for key in keys) if hasher else ())
+    if hasher is None:
+        return Batch(count)
+    names: list[str] = []
+    for start in range(0, len(keys), NAMING_SLICE):
+        names += hasher.records(keys[start:start + NAMING_SLICE])
+        time.sleep(0)  # lets the next batch's thread take the interpreter as soon as the database answers it
+    return Batch(count, tuple(names))
 
 
 EXACT_TOTAL_BELOW = 10_000  # a table estimated smaller is counted exactly: cheap, and exact where stats lag
+NAMING_SLICE = 250  # records named between two chances for the batch thread to run (about 0.2 ms)
 ISOLATION_BUDGET = 500  # statements per rule and run spent isolating refused records; the rest waits a night
 
 
@@ -376,3 +435,43 @@ class _Refused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _BatchRunner:
+    """Runs batches on a second thread when overlapping (the caller names one batch while the next runs), else
+    right away in the caller's thread. On leaving, a batch still under way is waited for, never abandoned."""
+
+
+    def __init__(self, overlapping: bool) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="retention-batch") if overlapping else None
+
+    def submit(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self._pool is not None:
+            return self._pool.submit(work, *args)
+        done: Future[Any] = Future()
+        try:
+            done.set_result(work(*args))
+        except Exception as exc:  # raised where the result is read, as from the thread
+            done.set_exception(exc)
+        return done
+
+    def __enter__(self) -> _BatchRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def _unrecorded(pending: Future[tuple[int, Sequence[Sequence[Any]]]] | None) -> None:
+    """A batch that ran on while its caller stopped listening (the run failed recording the batch before it) cannot
+    reach this run's audit: wait for it, and say in the log how many records it changed."""
+    if pending is None:
+        return
+    try:
+        count, _ = pending.result()
+    except Exception:  # rolled back whole: nothing to record
+        return
+    if count:
+        log.error("batch_unrecorded", count=count,
+                  detail="committed after the run stopped recording; the audit log of this run lacks it")

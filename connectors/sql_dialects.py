@@ -48,6 +48,9 @@ class SqlDialect:
 
     name = "generic"
     transforms = frozenset({"null", "redact", "keep"})
+    # a batch may run on a second connection while the one before it is named (SQLite's in-memory and
+    # single-writer databases must not); see SqlConnector.apply
+    overlapping_batches = False
 
     def engine_options(self) -> dict[str, Any]:
         return {}
@@ -155,6 +158,7 @@ class PostgresDialect(SqlDialect):
 
     name = "postgresql"
     transforms = frozenset({"null", "redact", "truncate_ip", "generalize_date", "mask", "hmac", "keep"})
+    overlapping_batches = True
     @staticmethod
     def keyed_hash(column: Any, key: bytes | None) -> Any:
         """HMAC-SHA256 of the column's text, hex: two sha256() calls over precomputed padded keys, no pgcrypto."""

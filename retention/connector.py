@@ -60,8 +60,9 @@ class Connector(Protocol):
               id_key: bytes | None, should_stop: Callable[[], bool] = ...) -> Iterator[Batch]:
         """Change at most `limit` selected records, one committed batch at a time, re-checking the predicate.
 
-        With `id_key`, each Batch also names its records by keyed hash. Once `should_stop()` is true no new
-        batch starts; batches already under way finish and are yielded.
+        With `id_key`, each Batch also names its records by keyed hash. `should_stop()` is asked before each new
+        batch starts, and only while records are left to change (the run may wait in it, for lagging replicas);
+        once it is true no new batch starts, and batches already under way finish and are yielded.
         """
         ...
 

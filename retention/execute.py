@@ -7,7 +7,7 @@ refused records.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import structlog
@@ -129,6 +129,20 @@ class Executor:
     def should_stop(self) -> bool:
         return self.pace.should_stop()
 
+    def _between_batches(self, store: object) -> Callable[[], bool]:
+        """What a store asks before each batch: stop now? Before all but the first, it waits while the store's
+        replicas lag: no new batch starts meanwhile, and a batch the store committed is recorded whatever this does)."""
+        first = True
+
+        def should_stop() -> bool:
+            nonlocal first
+            if not first:
+                self.pace.before_next_batch(store)
+            first = False
+            return self.should_stop()
+
+        return should_stop
+
     def execute(self, work: RuleWork, report: RuleReport) -> Iterator[Outcome]:
         """Assess, then change batch by batch; a failure is this unit's own, and the run goes on.
 
@@ -177,7 +191,8 @@ class Executor:
         if not self.dry_run:
             self.progress.start(rule.name, counts.matched)
             for batch in connector.apply(work.selection, work.action, batch_size=self.config.batch_size(rule),
-                                         limit=counts.matched, id_key=self.id_key, should_stop=self.should_stop):
+                                         limit=counts.matched, id_key=self.id_key,
+                                         should_stop=self._between_batches(connector)):
                 if batch.blocked or batch.unsettled:
                     report.blocked += batch.blocked
                     unsettled += batch.unsettled
@@ -186,10 +201,8 @@ class Executor:
                     continue
                 self.progress.advance(batch.count)
                 report.changed += batch.count
-                yield Applied(batch.count, batch.ids, batch.partition)  # recorded first, then the pause
+                yield Applied(batch.count, batch.ids, batch.partition)
                 log.debug("batch_applied", count=batch.count, changed=report.changed)
-                if work_left():
-                    self.pace.before_next_batch(connector)  # the store is idle here: the next batch waits
             self.progress.finish()
             if work_left() and self.should_stop():
                 raise Interrupted  # every batch the store finished is in the log; no new one was started

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog.testing
 
 from retention import run as coordinator
+from retention.audit.writer import AuditWriter
 from retention.config import load_config
 from retention.pacing import Pace
 from retention.settings import Environment
@@ -66,3 +70,65 @@ def test_a_rule_that_finished_all_its_batches_is_not_reported_interrupted(
     assert 1 == pg_store.scalar("SELECT count(*) FROM cookie_events")  # every expired record is gone
     assert 2 == rule.changed
     assert ("ok", 0) == (rule.status, report.exit_code), (rule.status, rule.error, report.exit_code)
+
+
+def test_the_pause_between_batches_comes_before_the_next_batch_starts(
+        tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With hashed record ids the next PostgreSQL batch runs while one is named: it must still wait for the pause.
+
+    At each pause exactly the batches before it have changed the store (two records each), and the run then names
+    every record it changed.
+    """
+    box = _box(tmp_path, pg_store, monkeypatch, expired=10)
+    seen: list[int] = []
+
+    def pause(self: Pace, store: object) -> None:
+        time.sleep(0.1)  # a batch started too early would commit meanwhile
+        seen.append(11 - pg_store.scalar("SELECT count(*) FROM cookie_events"))
+
+    monkeypatch.setattr(Pace, "before_next_batch", pause)
+    report = coordinator.run(load_config(box.config), Environment(), NOW, lambda: NOW)
+    assert [2, 4, 6, 8] == seen  # deleted before each pause: never a batch ahead of it
+    sidecar = Path(str(report.audit_file).replace(".jsonl", ".ids"))
+    assert 10 == len([line for line in sidecar.read_text().splitlines() if line.startswith("changed ")])
+
+
+def test_a_stop_asked_for_while_a_batch_is_named_ends_the_rule_with_every_change_recorded(
+        tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop arriving between batches starts no new batch, and the batches committed all reach the audit."""
+    box = _box(tmp_path, pg_store, monkeypatch, expired=10)
+    pauses = [0]
+
+    def pause(self: Pace, store: object) -> None:
+        pauses[0] += 1
+
+    monkeypatch.setattr(Pace, "before_next_batch", pause)
+    report = coordinator.run(load_config(box.config), Environment(), NOW, lambda: NOW,
+                             should_stop=lambda: pauses[0] >= 2)
+    deleted = 11 - pg_store.scalar("SELECT count(*) FROM cookie_events")
+    sidecar = Path(str(report.audit_file).replace(".jsonl", ".ids"))
+    named = len([line for line in sidecar.read_text().splitlines() if line.startswith("changed ")])
+    assert (4, 4, 4) == (deleted, report.rules[0].changed, named)
+    assert "interrupted" == report.rules[0].status
+
+
+def test_a_batch_committed_after_the_audit_failed_is_counted_in_the_log(
+        tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit failing while the next batch runs: that batch can reach no audit, so the log counts it."""
+    box = _box(tmp_path, pg_store, monkeypatch, expired=10)
+    real = AuditWriter.record_ids
+    calls = [0]
+
+    def failing_second(self: AuditWriter, *args: Any, **kwargs: Any) -> tuple[int, str]:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AuditWriter, "record_ids", failing_second)
+    with structlog.testing.capture_logs() as logs:
+        report = coordinator.run(load_config(box.config), Environment(), NOW, lambda: NOW)
+    assert ("failed", 1) == (report.status, report.exit_code)
+    deleted = 11 - pg_store.scalar("SELECT count(*) FROM cookie_events")
+    unrecorded = sum(entry["count"] for entry in logs if entry["event"] == "batch_unrecorded")
+    assert (6, 2) == (deleted, unrecorded)  # one batch recorded, one failing to be, one run on meanwhile

@@ -43,6 +43,14 @@ def test_keyed_hasher_equals_hmac_sha256() -> None:
     assert [transforms.pseudonym(b"k" * 40, v) for v in (1, "x", "é")] == [hasher(v) for v in (1, "x", "é")]
 
 
+def test_keyed_hasher_names_many_records_as_it_names_one() -> None:
+    """`records` (the batch loop) names single and composite keys exactly as `hasher(record_text(key))` does."""
+    hasher = transforms.KeyedHasher(b"k" * 40)
+    keys = [(1,), ("x",), ("é",), (7, "a"), ("a", None, 2.5)]
+    assert hasher.records(keys) == tuple(hasher(transforms.record_text(key)) for key in keys)
+    assert hasher.records([]) == ()
+
+
 @pytest.mark.parametrize("address", ADDRESSES)
 def test_postgres_truncate_ip_matches_the_reference_without_failing(address: str, pg_store: PostgresStore) -> None:
     """Server-side truncate_ip on text gives the reference's answer, and odd text never aborts the batch."""
