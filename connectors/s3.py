@@ -262,11 +262,10 @@ class S3Connector(S3Judging, ConnectorDefaults):
 
     def _remove_orphan_markers(self, bucket: str, prefix: str) -> None:
         """Delete markers whose key has no version left hide nothing: remove them, so nothing lingers."""
-        paginator = self.client.get_paginator("list_object_versions")
         orphans: list[dict[str, str]] = []
         versions_of: dict[str, int] = {}
         markers: list[tuple[str, str]] = []
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for page in self._listing("list_object_versions", bucket, prefix):
             for version in page.get("Versions", []):
                 versions_of[version["Key"]] = versions_of.get(version["Key"], 0) + 1
             markers += [(m["Key"], m["VersionId"]) for m in page.get("DeleteMarkers", [])]

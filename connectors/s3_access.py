@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -82,24 +82,28 @@ class S3Access:
             configuration = self.client.get_object_lock_configuration(Bucket=bucket)
         except ClientError:
             return False  # ObjectLockConfigurationNotFoundError: the bucket has no Object Lock
+        except BotoCoreError as exc:
+            raise self._error(exc, self.client.get_object_lock_configuration, {"Bucket": bucket}) from None
         return bool(configuration.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled")
 
     def _pages(self, bucket: str, prefix: str, versioned: bool) -> Iterator[list[S3Record]]:
         """The bucket's records under `prefix`, one listing page at a time (memory stays flat)."""
-        if versioned:
-            paginator = self.client.get_paginator("list_object_versions")
-            field, version = "Versions", "VersionId"
-        else:
-            paginator = self.client.get_paginator("list_objects_v2")
-            field, version = "Contents", None
+        operation, field, version = ("list_object_versions", "Versions", "VersionId") if versioned else (
+            "list_objects_v2", "Contents", None)
+        for page in self._listing(operation, bucket, prefix):
+            yield _records(page, field, version)
+
+    def _listing(self, operation: str, bucket: str, prefix: str) -> Iterator[Mapping[str, Any]]:
+        """The raw pages of a listing, its errors named (a missing bucket, a code, or a server gone away)."""
         try:
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-                yield _records(page, field, version)
+            yield from self.client.get_paginator(operation).paginate(Bucket=bucket, Prefix=prefix)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "Unknown")
             if code == "NoSuchBucket":
                 raise TargetMissing(f"bucket {bucket} does not exist") from None
             raise ConnectorError(f"S3 listing failed: {code}") from None
+        except BotoCoreError as exc:  # the server went away mid-listing (after botocore's retries)
+            raise ConnectorError(f"cannot reach S3: {type(exc).__name__}") from None
 
     def _listing_page(self, bucket: str, prefix: str, start_after: str | None) -> tuple[list[S3Record], bool]:
         """One fresh page of the unversioned listing after `start_after`, and whether more follow."""
@@ -112,14 +116,16 @@ class S3Access:
         head = self._lookup(self.client.head_object, **address(bucket, record))
         if head is None:
             return None
-        return S3Record(record.key, record.version_id, head["LastModified"], head.get("ETag"))
+        return S3Record(record.key, record.version_id, head["LastModified"].astimezone(UTC), head.get("ETag"))
 
 
 def _records(page: Mapping[str, Any], field: str, version: str | None) -> list[S3Record]:
     """A listing page's records; those listed at least SETTLE after their last write are settled."""
     served = _served_at(page)
-    return [S3Record(item["Key"], item[version] if version else None, item["LastModified"], item.get("ETag"),
-                     served is not None and item["LastModified"] <= served - SETTLE) for item in page.get(field, [])]
+    # in the one shared UTC: botocore gives each time a tzlocal() of its own (400 bytes a record) where TZ is UTC
+    return [S3Record(item["Key"], item[version] if version else None, item["LastModified"].astimezone(UTC),
+                     item.get("ETag"), served is not None and item["LastModified"] <= served - SETTLE)
+            for item in page.get(field, [])]
 
 
 def _served_at(response: Mapping[str, Any]) -> datetime | None:

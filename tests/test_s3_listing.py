@@ -17,6 +17,7 @@ import pytest
 
 from connectors.s3 import S3Connector
 from connectors.s3_records import ListingCursor, RecordSpool, S3Record
+from retention.errors import ConnectorError
 from retention.model import (
     Action,
     AgeCondition,
@@ -426,3 +427,55 @@ def test_a_run_spills_and_deletes_every_matched_object(moto: S3Sandbox, monkeypa
     sidecar = Path(report["audit_file"].replace(".jsonl", ".ids")).read_text().splitlines()
     record_key = derive(PSEUDONYM_KEY, RECORD_ID_LABEL)
     assert {f"changed uploads {pseudonym(record_key, key)}" for key in keys} == set(sidecar)
+
+
+def test_listed_times_share_one_utc_zone(moto: S3Sandbox, connector: S3Connector) -> None:
+    """botocore gives each LastModified a tzlocal() of its own where the local zone is UTC (about 400 bytes each:
+    40 MB for the 100,000 records a count keeps); the records hold the one shared UTC instead."""
+    moto.put("uploads/one")
+    moto.put("uploads/two")
+    records = [record for page in connector._pages(moto.bucket, "uploads/", False) for record in page]
+    assert [UTC, UTC] == [record.last_modified.tzinfo for record in records]
+    assert all(record.last_modified.tzinfo is UTC for record in records)
+
+
+@pytest.mark.parametrize("operation", ["HeadBucket", "GetBucketVersioning", "GetObjectLockConfiguration",
+                                       "ListObjectsV2", "HeadObject", "DeleteObjects"])
+def test_s3_going_away_at_any_call_is_a_named_connector_error(moto: S3Sandbox, connector: S3Connector,
+                                                              operation: str) -> None:
+    """Whichever call finds the server gone, the rule fails with "cannot reach S3", never an unexpected error."""
+    from botocore.exceptions import EndpointConnectionError
+
+    moto.put("uploads/old", collected_at=OLD)
+
+    def gone(**_: Any) -> None:
+        raise EndpointConnectionError(endpoint_url=moto.endpoint)
+
+    connector.client.meta.events.register(f"before-send.s3.{operation}", gone)
+    selection = age_selection(moto.bucket)
+
+    def rule() -> None:  # what a run asks of the connector, in order
+        connector.check(selection, DELETE)
+        connector.count(selection)
+        deleted(connector, selection)
+        raise AssertionError(f"{operation} was never called")
+
+    with pytest.raises(ConnectorError, match="cannot reach S3: EndpointConnectionError"):
+        rule()
+
+
+def test_s3_going_away_while_delete_markers_are_swept_is_a_named_connector_error(
+        tmp_path: Path, moto_url: str, connector: S3Connector) -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    versioned = S3Sandbox(tmp_path / "versioned", moto_url, versioned=True)
+    versioned.put("uploads/old", collected_at=OLD)
+    selection = age_selection(versioned.bucket)
+    assert 1 == connector.count(selection).matched
+
+    def gone(**_: Any) -> None:
+        raise EndpointConnectionError(endpoint_url=moto_url)
+
+    connector.client.meta.events.register("before-send.s3.ListObjectVersions", gone)
+    with pytest.raises(ConnectorError, match="cannot reach S3: EndpointConnectionError"):
+        deleted(connector, selection)
