@@ -24,6 +24,7 @@ from retention.timeutil import rfc3339
 from retention.units import RuleWork, threshold_reason, with_registry
 
 log = structlog.get_logger("retention")
+LOCAL = "local"  # the worker named in the evidence of batches applied in the coordinator's own process
 
 
 class Interrupted(BaseException):
@@ -87,6 +88,7 @@ class Applied:
     count: int
     ids: tuple[str, ...]
     partition: str | None = None  # the batch was this whole partition, dropped
+    worker: str = LOCAL  # who applied it: "local" (this process), or a Dask worker's address
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Executor:
     dry_run: bool
     pace: Pace  # the stop request, the run's time budget, the replicas' lag: consulted between batches
     progress: Progress
+    worker: str = LOCAL  # where this executor runs, named in each batch's evidence
 
     def should_stop(self) -> bool:
         return self.pace.should_stop()
@@ -201,7 +204,7 @@ class Executor:
                     continue
                 self.progress.advance(batch.count)
                 report.changed += batch.count
-                yield Applied(batch.count, batch.ids, batch.partition)
+                yield Applied(batch.count, batch.ids, batch.partition, self.worker)
                 log.debug("batch_applied", count=batch.count, changed=report.changed)
             self.progress.finish()
             if work_left() and self.should_stop():

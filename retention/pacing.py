@@ -7,6 +7,7 @@ is further behind than job.max_replica_lag. A stop request or the end of the bud
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -31,11 +32,17 @@ class Pace:
         self._deadline = clock() + budget if budget else None
         self._max_lag = max_lag.total_seconds() if max_lag else None
         self.out_of_time = False  # the budget ended the run
-        self.paused_seconds = 0.0  # waited for replicas, over the whole run
+        self._aborted = threading.Event()  # the coordinator can no longer record: every lane stops
+        self.paused_seconds = 0.0  # waited for replicas, over the whole run (lanes may wait side by side)
+        self._paused_lock = threading.Lock()
+
+    def abort(self) -> None:
+        """Stop every lane between batches: what they would change could no longer be recorded."""
+        self._aborted.set()
 
     def should_stop(self) -> bool:
         """A stop was asked for, or the run's time is up (said once, in the log)."""
-        if self._stop():
+        if self._stop() or self._aborted.is_set():
             return True
         if self._deadline is not None and not self.out_of_time and self._clock() >= self._deadline:
             self.out_of_time = True
@@ -63,7 +70,8 @@ class Pace:
             self._sleep(POLL_SECONDS)
             lag = _lag(store)
         paused = self._monotonic() - started
-        self.paused_seconds += paused
+        with self._paused_lock:
+            self.paused_seconds += paused
         log.info("replica_lag_resume", paused_seconds=round(paused, 3),
                  lag_seconds=round(lag, 3) if lag is not None else None)
 

@@ -8,10 +8,10 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,8 +30,19 @@ from retention.audit.events import (
 )
 from retention.audit.writer import ChainHead, run_files
 from retention.config import Config
+from retention.dispatch import Unit, dispatch, lanes_for
 from retention.errors import AuditError, ConfigError, KeyProblem, UsageError
-from retention.execute import Applied, Executor, Finished, HeldIds, Interrupted, Skipped, Started, report_for
+from retention.execute import (
+    Applied,
+    Executor,
+    Finished,
+    HeldIds,
+    Interrupted,
+    Outcome,
+    Skipped,
+    Started,
+    report_for,
+)
 from retention.holds import load_holds
 from retention.lock import host_lock, run_lock
 from retention.metrics import write_metrics
@@ -101,13 +112,8 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
         pace = Pace(should_stop, clock=clock, budget=config.job.max_duration, max_lag=config.job.max_replica_lag)
         try:
             executor = Executor(connectors, id_key, config, dry_run, pace, progress or Silent())
-            recorder = Recorder(audit)
-            for work in works:
-                if executor.should_stop():
-                    raise Interrupted
-                rule_report = report_for(work)
-                report.rules.append(rule_report)
-                recorder.unit(executor, work, rule_report)
+            recorder = Recorder(audit, config.job.executor, config.job.workers)
+            recorder.units(executor, works, report.rules)
             if config.requests:
                 partial = {rule.name for rule in rules} != {rule.name for rule in config.rules}
                 _serve_requests(config, executor, recorder, report, works, partial, clock)
@@ -157,11 +163,8 @@ def _serve_requests(config: Config, executor: Executor, recorder: Recorder, repo
             outcome.errors.append(problem)
             audit.event(RuleFailed(REQUESTS, "RequestProblem", problem, 0, 0, request.id))
             log.error("request_refused", request=request.id, error=problem)
-        for work in serving if not problem else ():
-            unit = request_work(work, request)
-            rule_report = report_for(unit)
-            outcome.rules.append(rule_report)
-            recorder.unit(executor, unit, rule_report)
+        if not problem:
+            recorder.units(executor, [request_work(work, request) for work in serving], outcome.rules)
         if not executor.dry_run:
             try:
                 mark(config, executor.connectors, outcome, audit.run_id, str(audit.path.resolve()), clock())
@@ -172,35 +175,50 @@ def _serve_requests(config: Config, executor: Executor, recorder: Recorder, repo
 
 @dataclass
 class Recorder:
-    """Turns each unit's outcomes into audit events, in order: the one writer of the log and its sidecar."""
+    """Runs units in their lanes (`dispatch`) and turns what they yield into audit events: the one writer of the log
+    and its sidecar."""
 
     audit: AuditWriter
+    executor_setting: str | None = None  # job.executor
+    workers: int | None = None  # job.workers
+    _held: dict[int, tuple[int, Any]] = field(default_factory=dict)  # per unit: held ids named, their digest
 
-    def unit(self, executor: Executor, work: RuleWork, report: RuleReport) -> None:
-        """Execute one unit and record what it yields; an interruption is recorded, then passed on."""
-        rule, audit = work.rule, self.audit
-        held, held_digest = 0, hashlib.sha256()
-        for outcome in executor.execute(work, report):
-            if isinstance(outcome, Started):
-                audit.event(RuleStarted(rule.name, rule.connector, rule.target, work.action.kind, outcome.cutoff,
-                                        list(outcome.holds), work.request, work.reason))
-            elif isinstance(outcome, Skipped):
-                audit.event(RuleSkipped(rule.name, "threshold", outcome.reason, outcome.matched, outcome.total,
-                                        str(rule.max_fraction), rule.max_records))
-            elif isinstance(outcome, Applied):
-                digest = audit.record_ids("changed", rule.name, outcome.ids)[1] if audit.hashed_ids else None
-                audit.event(BatchApplied(rule.name, work.action.kind, outcome.count, work.request, digest,
-                                          outcome.partition))
-            elif isinstance(outcome, HeldIds):
-                held += audit.record_ids("held", rule.name, outcome.ids, into=held_digest.update)[0]
-            elif isinstance(outcome, Finished):
-                audit.event(RuleFinished(
-                    rule.name, report.total, report.matched, report.changed, report.held, report.blocked,
-                    report.unknown_age, report.duration_ms, work.request, report.remaining,
-                    held if audit.hashed_ids else None, held_digest.hexdigest() if audit.hashed_ids else None))
-            else:
-                audit.event(RuleFailed(report.name, outcome.error_class, outcome.message, report.changed,
-                                       report.blocked, work.request))
+    def units(self, executor: Executor, works: Sequence[RuleWork], reports: list[RuleReport]) -> None:
+        """Run `works`, appending the report of each unit that started to `reports`, in the units' order."""
+        units = [Unit(work, report_for(work)) for work in works]
+        lanes, workers = lanes_for(units, self.executor_setting, self.workers)
+        try:
+            dispatch(units, executor, self.record, lanes, workers)
+        finally:
+            reports.extend(unit.report for unit in units if unit.started)
+
+    def record(self, unit: Unit, outcome: Outcome) -> None:
+        rule, work, report, audit = unit.work.rule, unit.work, unit.report, self.audit
+        if isinstance(outcome, Started):
+            self._held[id(unit)] = (0, hashlib.sha256())
+            audit.event(RuleStarted(rule.name, rule.connector, rule.target, work.action.kind, outcome.cutoff,
+                                    list(outcome.holds), work.request, work.reason))
+        elif isinstance(outcome, Skipped):
+            audit.event(RuleSkipped(rule.name, "threshold", outcome.reason, outcome.matched, outcome.total,
+                                    str(rule.max_fraction), rule.max_records))
+        elif isinstance(outcome, Applied):
+            digest = audit.record_ids("changed", rule.name, outcome.ids)[1] if audit.hashed_ids else None
+            audit.event(BatchApplied(rule.name, work.action.kind, outcome.count, work.request, digest,
+                                     outcome.partition, outcome.worker))
+        elif isinstance(outcome, HeldIds):
+            held, digest = self._held[id(unit)]
+            self._held[id(unit)] = (held + audit.record_ids("held", rule.name, outcome.ids, into=digest.update)[0],
+                                    digest)
+        elif isinstance(outcome, Finished):
+            held, digest = self._held.pop(id(unit))
+            audit.event(RuleFinished(
+                rule.name, report.total, report.matched, report.changed, report.held, report.blocked,
+                report.unknown_age, report.duration_ms, work.request, report.remaining,
+                held if audit.hashed_ids else None, digest.hexdigest() if audit.hashed_ids else None))
+        else:
+            self._held.pop(id(unit), None)
+            audit.event(RuleFailed(report.name, outcome.error_class, outcome.message, report.changed,
+                                   report.blocked, work.request))
 
 
 def _unexpected(exc: BaseException) -> str:

@@ -16,9 +16,13 @@ from tests.helpers import make_sandbox
 from tests.stores import MongoStore, PostgresStore, SqliteStore, SqlStore
 
 
+@pytest.mark.parametrize("executor", ["serial", "threads", None])
 def test_one_registry_drives_three_stores(tmp_path: Path, pg_store: PostgresStore, mongo_store: MongoStore,
-                                         moto_url: str) -> None:
-    """Expired clients' records go everywhere; active, recent and unregistered clients' records stay."""
+                                         moto_url: str, executor: str | None) -> None:
+    """Expired clients' records go everywhere; active, recent and unregistered clients' records stay.
+
+    The same end state, counts and a verified audit log whichever way the units run (by default, a lane per store).
+    """
     pg_store.standard_schema()
     pg_store.insert("clients", [{"id": c, "status": s, "closed_at": NOW - timedelta(days=d) if d else None}
                                 for c, s, d in CLIENTS])
@@ -69,8 +73,12 @@ max_fraction = 1.0
 """)
     plan = json.loads(box.cli("plan", "--now", NOW_TEXT, "--format", "json").stdout)
     assert [(2, 1)] * 3 == [(r["matched"], r["unknown_age"]) for r in plan["rules"]]
-    result = box.cli("run", "--now", NOW_TEXT, "--format", "json")
+    result = box.cli("run", "--now", NOW_TEXT, "--format", "json", *(["--executor", executor] if executor else []))
     assert 0 == result.exit_code, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert [("sql-users", 2), ("mongo-sessions", 2), ("s3-files", 2)] == [(r["name"], r["changed"])
+                                                                          for r in report["rules"]]
+    assert 0 == box.cli("audit", "verify").exit_code
     kept = ["c-active", "c-recent", "c-missing"]
     assert kept == [r["client_id"] for r in pg_store.find("end_users")]
     assert kept == [d["client"] for d in mongo_store.database["sessions"].find().sort("_id", 1)]

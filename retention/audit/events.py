@@ -116,6 +116,7 @@ class BatchApplied(AuditEvent):
     request: str | None = None
     ids_digest: str | None = None
     partition: str | None = None  # a whole partition, dropped (drop_partitions)
+    worker: str = "local"  # who applied it: "local" (the coordinator's process) or a Dask worker's address
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import structlog
 from retention import inspect as inspection
 from retention import run as coordinator
 from retention.cli.base import FORMAT, State, main, now_option, utc_now
-from retention.config import config_path, load_config
+from retention.config import config_path, load_config, with_executor
 from retention.connector import connector_types
 from retention.errors import RetentionError
 from retention.logs import configure
@@ -76,13 +76,18 @@ def plan(state: State, rules: tuple[str, ...], now_text: str | None, fmt: str) -
 @click.option("--rule", "rules", multiple=True, metavar="NAME", help="Only this rule (repeatable).")
 @click.option("--now", "now_text", metavar="TIME", help="Evaluate as of this RFC 3339 instant (not in the future).")
 @click.option("--dry-run", is_flag=True, help="Count and audit, but change nothing.")
+@click.option("--executor", "executor_text", metavar="serial|threads|tcp://HOST:PORT",
+              help="Where work units run (overrides job.executor): one after another, side by side on threads, "
+                   "or on the Dask scheduler at this address.")
 @click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
 @click.pass_obj
-def run(state: State, rules: tuple[str, ...], now_text: str | None, dry_run: bool, fmt: str) -> None:
+def run(state: State, rules: tuple[str, ...], now_text: str | None, dry_run: bool, executor_text: str | None,
+        fmt: str) -> None:
     """Enforce the rules; always writes a signed audit log (a --dry-run run too)."""
     override = now_option(now_text)
+    config = with_executor(state.config, executor_text) if executor_text else state.config
     with stop_on_signals() as stop:
-        result = coordinator.run(state.config, state.env, override or utc_now(), utc_now, rule_names=rules,
+        result = coordinator.run(config, state.env, override or utc_now(), utc_now, rule_names=rules,
                             dry_run=dry_run, clock_override=override is not None, should_stop=stop.is_set,
                             progress=for_terminal())
     click.echo(report(result, fmt))

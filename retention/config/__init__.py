@@ -4,7 +4,7 @@
 [[rules]]; `model` holds the values they produce.
 """
 
-from retention.config.load import config_path, load_config
+from retention.config.load import config_path, load_config, with_executor
 from retention.config.model import (
     ACTIONS,
     DEFAULT_PATH,
@@ -21,5 +21,21 @@ from retention.config.model import (
     WormConfig,
 )
 
-__all__ = ["ACTIONS", "DEFAULT_PATH", "TRANSFORMS", "AuditConfig", "Config", "ConnectorConfig", "Expire", "Hold",
-           "HoldSource", "JobConfig", "RequestSource", "Rule", "WormConfig", "config_path", "load_config"]
+__all__ = [
+    "ACTIONS",
+    "DEFAULT_PATH",
+    "TRANSFORMS",
+    "AuditConfig",
+    "Config",
+    "ConnectorConfig",
+    "Expire",
+    "Hold",
+    "HoldSource",
+    "JobConfig",
+    "RequestSource",
+    "Rule",
+    "WormConfig",
+    "config_path",
+    "load_config",
+    "with_executor",
+]

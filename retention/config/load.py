@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import os
 import tomllib
 import zoneinfo
 from pathlib import Path
 
-from retention.config.model import DEFAULT_PATH, AuditConfig, Config, ConnectorConfig, JobConfig, WormConfig
+from retention.config.model import (
+    DEFAULT_PATH,
+    SERIAL,
+    THREADS,
+    AuditConfig,
+    Config,
+    ConnectorConfig,
+    JobConfig,
+    WormConfig,
+)
 from retention.config.rules import rules_of
 from retention.config.sources import clients_of, holds_of, holds_source_of, requests_of
 from retention.connector import ConnectorType, HostLock, ObjectStore, capable, connector_type
-from retention.errors import ConfigError
+from retention.errors import ConfigError, UsageError
 from retention.model import OptionValue
 from retention.settings import EnvRef, Section
 from retention.timeutil import parse_span
@@ -99,12 +109,33 @@ def _job(section: Section | None) -> JobConfig:
     if lock:
         lock.done()
     metrics = section.get("metrics_file", str, None)
+    executor = section.parsed("executor", parse_executor, None)
+    workers = section.positive("workers", None)
+    if workers is not None and executor != THREADS:
+        raise section.error("workers", 'is the number of units run side by side with executor = "threads"; '
+                                       f"executor is {executor!r}" if executor else
+                                       'is for executor = "threads" (set it too)')
     job = JobConfig(timezone, schedule, Path(section.get("state_dir", str, "var/retention")), batch_size,
                     lock_connector, Path(metrics) if metrics else None,
                     section.parsed("max_duration", parse_span, None),
-                    section.parsed("max_replica_lag", parse_span, None))
+                    section.parsed("max_replica_lag", parse_span, None), executor, workers)
     section.done()
     return job
+
+
+def parse_executor(text: str) -> str:
+    """`serial`, `threads`, or a Dask scheduler's address (tcp:// or tls://HOST:PORT), which needs the dask extra."""
+    if text in (SERIAL, THREADS):
+        return text
+    scheme, _, address = text.partition("://")
+    host, _, port = address.rpartition(":")
+    if scheme not in ("tcp", "tls") or not host or not port.isdigit():
+        raise ValueError(f'expected "serial", "threads" or a Dask scheduler address such as '
+                         f'"tcp://scheduler:8786", got {text!r}')
+    if importlib.util.find_spec("distributed") is None:
+        raise ValueError("a Dask scheduler address needs Dask, which is not installed: "
+                         "pip install 'retention[dask]'")
+    return text
 
 
 def _audit(section: Section | None) -> AuditConfig | None:
@@ -154,3 +185,13 @@ def _connectors(section: Section) -> tuple[dict[str, ConnectorConfig], dict[str,
         raise section.error(None, "define at least one connector, e.g. [connectors.app] type = \"postgres\"")
     return connectors, types
 
+
+
+def with_executor(config: Config, text: str) -> Config:
+    """The config with `run --executor` in place of job.executor (job.workers kept for "threads")."""
+    try:
+        executor = parse_executor(text)
+    except ValueError as exc:
+        raise UsageError(f"--executor: {exc}") from None
+    workers = config.job.workers if executor == THREADS else None
+    return dataclasses.replace(config, job=dataclasses.replace(config.job, executor=executor, workers=workers))

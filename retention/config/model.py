@@ -13,6 +13,7 @@ from retention.settings import EnvRef, Setting
 from retention.timeutil import Duration
 
 DEFAULT_PATH = Path("config/retention.toml")
+SERIAL, THREADS = "serial", "threads"  # job.executor values besides a Dask scheduler address
 ACTIONS = ("delete", "anonymize", "deidentify")
 # Transform kinds, and which take an argument: {kind = arg}.
 TRANSFORMS = ("null", "redact", "truncate_ip", "generalize_date", "mask", "hmac", "drop", "keep")
@@ -28,6 +29,8 @@ class JobConfig:
     metrics_file: Path | None = None  # a Prometheus textfile, written atomically after each run
     max_duration: timedelta | None = None  # stop between batches once the run has taken this long
     max_replica_lag: timedelta | None = None  # wait between batches while a store's replicas lag more
+    executor: str | None = None  # serial | threads | a Dask scheduler address; None: a lane per store
+    workers: int | None = None  # with executor = "threads": how many units run side by side
 
 
 @dataclass(frozen=True)
