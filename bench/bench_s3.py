@@ -10,13 +10,19 @@ ratios tool / hand-written, the tool's peak RSS, and the spread of the ratios ov
 `--rule client` times a client-lifetime rule instead: keys `events/clients/c-NN/...` of 20 clients, the 10 even ones
 closed 90 days ago in a SQLite registry (grace 30 days), so half the objects expire by key; the hand-written loop
 deletes the keys of those clients page by page.
-Usage: python bench/bench_s3.py [--objects 20000] [--runs 3] [--rule age|client]
+`--rss [N ...]` measures the command's memory instead: a prefix of N objects (default 200,000 and 1,000,000), the
+even ones 3 years old and the odd ones 1 day old, on the synthetic endpoint of bench/s3_synthetic.py (computed
+objects; writing a million into moto takes hours); an age rule of 24 months with `record_ids = "hashed"` deletes
+the even half. Prints the command's wall time (meaningless against that endpoint), its peak RSS (VmHWM) and what
+the endpoint saw deleted, which must be exactly the even half.
+Usage: python bench/bench_s3.py [--objects 20000] [--runs 3] [--rule age|client] [--rss [N ...]]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sqlite3
 import statistics
 import sys
@@ -32,12 +38,14 @@ import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.contenders import tool_cli, tool_in_process
+from bench.s3_synthetic import VirtualBucket, serving
 from retention.audit import generate_keypair
 from retention.logs import configure
 from tests.servers import moto_server
 
 CONTENDERS = ("hand", "inproc", "cli")
 CLIENTS = 20  # --rule client: c-00 ... c-19, the even ones closed
+RSS_OBJECTS = (200_000, 1_000_000)
 
 
 def key(rule: str, n: int) -> str:
@@ -141,17 +149,66 @@ def one_run(s3: object, url: str, work: Path, run: int, objects: int, rule: str)
     return times
 
 
+def rss_config(url: str, bucket: str, work: Path) -> Path:
+    config = work / f"{bucket}.toml"
+    config.write_text(f"""
+[job]
+state_dir = "{work}/state"
+[audit]
+dir = "{work}/audit-{bucket}"
+signing_key = "{work}/private.pem"
+record_ids = "hashed"
+[secrets]
+pseudonym_key = "${{RETENTION_PSEUDONYM_KEY}}"
+[connectors.files]
+type = "s3"
+endpoint_url = "{url}"
+region = "us-east-1"
+[[rules]]
+name = "events"
+connector = "files"
+bucket = "{bucket}"
+prefix = "events/"
+expire = {{ after = "24 months", field = "LastModified" }}
+action = "delete"
+max_fraction = 1.0
+""")
+    return config
+
+
+def rss(sizes: list[int], work: Path) -> None:
+    """The command's peak RSS and wall time on each size of prefix; the even half, and only it, must be deleted."""
+    os.environ.setdefault("RETENTION_PSEUDONYM_KEY", secrets.token_hex(32))
+    for objects in sizes:
+        bucket = VirtualBucket(f"rss-{objects}", "events/", objects, old=timedelta(days=3 * 365),
+                               new=timedelta(days=1))
+        with serving(bucket) as server:
+            seconds, peak_mb = tool_cli(rss_config(server.url, bucket.name, work), datetime.now(UTC))
+            calls = dict(sorted(server.calls.items()))
+        gone = bucket.gone()
+        print(f"{objects:>10,} objects: {seconds:7.1f} s, peak RSS {peak_mb:4.0f} MB, {bucket.deleted:,} deleted; "
+              f"requests {calls}", flush=True)
+        assert bucket.deleted == (objects + 1) // 2, bucket.deleted
+        assert gone[0::2].count(1) == len(gone[0::2]) and gone[1::2].count(1) == 0, "not exactly the even half"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--objects", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rule", choices=("age", "client"), default="age")
+    parser.add_argument("--rss", type=int, nargs="*", metavar="N",
+                        help="the command's peak RSS on prefixes of N objects (synthetic endpoint); "
+                             f"default {' and '.join(f'{n:,}' for n in RSS_OBJECTS)}")
     arguments = parser.parse_args()
     configure("console", -1)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     work = Path(tempfile.mkdtemp(prefix="retention-bench-"))
     generate_keypair(work / "private.pem", work / "public.pem")
+    if arguments.rss is not None:
+        rss(arguments.rss or list(RSS_OBJECTS), work)
+        return
     if arguments.rule == "client":
         write_registry(work)
     runs: list[dict[str, float]] = []
