@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import structlog
 
@@ -54,49 +55,67 @@ class LaneFailed:
     error: BaseException
 
 
-def lanes_for(units: Sequence[Unit], executor: str | None, workers: int | None) -> tuple[list[list[int]], int]:
-    """The lanes (unit indices, in order) and how many run at once."""
-    if executor == SERIAL or len(units) < 2:
-        return [list(range(len(units)))], 1
-    if executor == THREADS:
-        return [[index] for index in range(len(units))], workers or DEFAULT_WORKERS
-    by_store: dict[str, list[int]] = {}
-    for index, unit in enumerate(units):
-        by_store.setdefault(unit.work.rule.connector, []).append(index)
-    return list(by_store.values()), len(by_store)
+class Lanes(Protocol):
+    """Runs units and hands every outcome to `record`, in the coordinator's thread; raises Interrupted after a stop."""
+
+    def run(self, units: Sequence[Unit], executor: Executor, record: Record) -> None: ...
 
 
 Record = Callable[[Unit, Outcome], None]
 Message = tuple[Unit | None, "Outcome | LaneDone | LaneFailed", threading.Event | None]
 
 
-def dispatch(units: Sequence[Unit], executor: Executor, record: Record, lanes: list[list[int]],
-             workers: int) -> None:
-    """Run the units in their lanes and record every outcome; raises Interrupted after a stop, once all lanes end."""
-    if workers > 1:
-        executor = replace(executor, progress=Silent())  # one bar cannot follow several rules at once
-    outcomes: queue.Queue[Message] = queue.Queue()
+@dataclass(frozen=True)
+class LocalLanes:
+    """Lanes on threads of this process (job.executor "serial", "threads", or unset)."""
 
-    def lane(indices: list[int]) -> None:
+    executor: str | None = None
+    workers: int | None = None
+
+    def lanes(self, units: Sequence[Unit]) -> tuple[list[list[int]], int]:
+        """The lanes (unit indices, in order) and how many run at once."""
+        if self.executor == SERIAL or len(units) < 2:
+            return [list(range(len(units)))], 1
+        if self.executor == THREADS:
+            return [[index] for index in range(len(units))], self.workers or DEFAULT_WORKERS
+        by_store: dict[str, list[int]] = {}
+        for index, unit in enumerate(units):
+            by_store.setdefault(unit.work.rule.connector, []).append(index)
+        return list(by_store.values()), len(by_store)
+
+    def run(self, units: Sequence[Unit], executor: Executor, record: Record) -> None:
+        lanes, workers = self.lanes(units)
+        if workers > 1:
+            executor = replace(executor, progress=Silent())  # one bar cannot follow several rules at once
+        outcomes: queue.Queue[Message] = queue.Queue()
+
+        def lane(indices: list[int]) -> None:
+            try:
+                for index in indices:
+                    unit = units[index]
+                    if executor.should_stop():
+                        raise Interrupted
+                    for outcome in executor.execute(unit.work, unit.report):
+                        recorded = threading.Event()
+                        outcomes.put((unit, outcome, recorded))
+                        recorded.wait()  # (or the recorder failed, and this lane will stop at its next batch)
+            except BaseException as exc:  # passed on to the coordinator's thread, raised there
+                outcomes.put((None, LaneFailed(exc), None))
+            finally:
+                outcomes.put((None, LaneDone(), None))
+
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="retention-lane")
+        for indices in lanes:  # each lane in a copy of this context: the run's log fields go with it
+            pool.submit(contextvars.copy_context().run, lane, indices)
         try:
-            for index in indices:
-                unit = units[index]
-                if executor.should_stop():
-                    raise Interrupted
-                for outcome in executor.execute(unit.work, unit.report):
-                    recorded = threading.Event()
-                    outcomes.put((unit, outcome, recorded))
-                    recorded.wait()  # (or the recorder failed, and this lane will stop at its next batch)
-        except BaseException as exc:  # passed on to the coordinator's thread, raised there
-            outcomes.put((None, LaneFailed(exc), None))
+            _record_lanes(outcomes, len(lanes), executor, record)
         finally:
-            outcomes.put((None, LaneDone(), None))
+            pool.shutdown(wait=True)
 
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="retention-lane")
-    for indices in lanes:  # each lane in a copy of this context: the run's log fields go with it
-        pool.submit(contextvars.copy_context().run, lane, indices)
+
+def _record_lanes(outcomes: queue.Queue[Message], running: int, executor: Executor, record: Record) -> None:
+    """Record what the lanes send until all have ended; then raise what ended one (a defect before a stop)."""
     failure: BaseException | None = None
-    running = len(lanes)
     item: Outcome | LaneDone | LaneFailed | None = None
     recorded: threading.Event | None = None
     try:
@@ -104,7 +123,7 @@ def dispatch(units: Sequence[Unit], executor: Executor, record: Record, lanes: l
             unit, item, recorded = outcomes.get()
             if isinstance(item, LaneDone):
                 running -= 1
-            elif isinstance(item, LaneFailed):  # a defect is said before an interruption
+            elif isinstance(item, LaneFailed):
                 if failure is None or isinstance(failure, Interrupted):
                     failure = item.error
             elif unit is not None and recorded is not None:
@@ -119,8 +138,6 @@ def dispatch(units: Sequence[Unit], executor: Executor, record: Record, lanes: l
         else:
             _drain(outcomes, running, 0)
         raise
-    finally:
-        pool.shutdown(wait=True)
     if failure is not None:
         raise failure
 

@@ -30,7 +30,7 @@ from retention.audit.events import (
 )
 from retention.audit.writer import ChainHead, run_files
 from retention.config import Config
-from retention.dispatch import Unit, dispatch, lanes_for
+from retention.dispatch import Lanes, LocalLanes, Unit
 from retention.errors import AuditError, ConfigError, KeyProblem, UsageError
 from retention.execute import (
     Applied,
@@ -112,7 +112,7 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
         pace = Pace(should_stop, clock=clock, budget=config.job.max_duration, max_lag=config.job.max_replica_lag)
         try:
             executor = Executor(connectors, id_key, config, dry_run, pace, progress or Silent())
-            recorder = Recorder(audit, config.job.executor, config.job.workers)
+            recorder = Recorder(audit, LocalLanes(config.job.executor, config.job.workers))
             recorder.units(executor, works, report.rules)
             if config.requests:
                 partial = {rule.name for rule in rules} != {rule.name for rule in config.rules}
@@ -179,16 +179,14 @@ class Recorder:
     and its sidecar."""
 
     audit: AuditWriter
-    executor_setting: str | None = None  # job.executor
-    workers: int | None = None  # job.workers
+    lanes: Lanes  # where the units run
     _held: dict[int, tuple[int, Any]] = field(default_factory=dict)  # per unit: held ids named, their digest
 
     def units(self, executor: Executor, works: Sequence[RuleWork], reports: list[RuleReport]) -> None:
         """Run `works`, appending the report of each unit that started to `reports`, in the units' order."""
         units = [Unit(work, report_for(work)) for work in works]
-        lanes, workers = lanes_for(units, self.executor_setting, self.workers)
         try:
-            dispatch(units, executor, self.record, lanes, workers)
+            self.lanes.run(units, executor, self.record)
         finally:
             reports.extend(unit.report for unit in units if unit.started)
 
