@@ -7,7 +7,8 @@ import hashlib
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,8 +31,9 @@ from retention.audit.events import (
 )
 from retention.audit.writer import ChainHead, run_files
 from retention.config import Config
+from retention.config.model import SERIAL, THREADS
 from retention.dispatch import Lanes, LocalLanes, Unit
-from retention.errors import AuditError, ConfigError, KeyProblem, UsageError
+from retention.errors import AuditError, ConfigError, UsageError
 from retention.execute import (
     Applied,
     Executor,
@@ -57,7 +59,7 @@ from retention.requests import (
     no_rule_problem,
     read_requests,
 )
-from retention.secrets import RECORD_ID_LABEL, TRANSFORM_LABEL, derive
+from retention.secrets import PseudonymKeys, pseudonym_keys
 from retention.settings import Environment
 from retention.stores import Stores, open_connectors
 from retention.timeutil import rfc3339
@@ -72,7 +74,6 @@ REQUESTS = "[requests]"  # the `rule` of a failure that belongs to the requests 
 
 Clock = Callable[[], datetime]
 
-MIN_SECRET_BYTES = 32  # of the pseudonym root secret: HMAC keys shorter than the hash are guessable
 
 
 def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_names: Sequence[str] = (),
@@ -89,10 +90,11 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
     worm_config = config.audit.worm
     extra = [name for name in (worm_config.connector if worm_config else None, config.job.lock_connector) if name]
     with open_connectors(config, env, rules, also=extra) as connectors, run_lock(config.job.state_dir), \
-            host_lock(connectors.host_lock(config.job.lock_connector)):
+            host_lock(connectors.host_lock(config.job.lock_connector)), ExitStack() as stack:
         holds = load_holds(config, connectors)  # read under the lock, just before anything changes
         works = [compile_rule(config, rule, now, keys.transform, holds) for rule in rules]
         run_id = uuid.uuid4().hex[:16]
+        lanes = stack.enter_context(_lanes(config, run_id, keys))
         worm, remote_head, worm_error = _open_worm(config, connectors)
         try:
             audit = AuditWriter(config.audit.dir, run_id, clock(), clock, keys.signing, hashed_ids=id_key is not None,
@@ -112,7 +114,7 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
         pace = Pace(should_stop, clock=clock, budget=config.job.max_duration, max_lag=config.job.max_replica_lag)
         try:
             executor = Executor(connectors, id_key, config, dry_run, pace, progress or Silent())
-            recorder = Recorder(audit, LocalLanes(config.job.executor, config.job.workers))
+            recorder = Recorder(audit, lanes)
             recorder.units(executor, works, report.rules)
             if config.requests:
                 partial = {rule.name for rule in rules} != {rule.name for rule in config.rules}
@@ -219,6 +221,22 @@ class Recorder:
                                    report.blocked, work.request))
 
 
+@contextmanager
+def _lanes(config: Config, run_id: str, keys: RunKeys) -> Iterator[Lanes]:
+    """Where this run's units run: this process's threads, or the Dask cluster job.executor names."""
+    executor = config.job.executor
+    if executor is None or executor in (SERIAL, THREADS):
+        yield LocalLanes(executor, config.job.workers)
+        return
+    from retention.remote import DaskLanes
+
+    lanes = DaskLanes(executor, config, run_id, PseudonymKeys(keys.transform, keys.record_ids).fingerprint())
+    try:
+        yield lanes
+    finally:
+        lanes.close()
+
+
 def _unexpected(exc: BaseException) -> str:
     error_class, message = error_summary(exc)
     return f"{error_class}: {message}"
@@ -286,14 +304,8 @@ def _run_keys(config: Config, env: Environment) -> RunKeys:
         raise ConfigError("is required for `run`: the path of an Ed25519 private key (retention audit keygen)",
                           source=str(config.path), key="audit.signing_key")
     signing = load_private_key(Path(env.resolve(config.audit.signing_key, secret=False)))  # a path, not a secret
-    root = env.resolve(config.pseudonym_key) if config.pseudonym_key else None
-    if root is not None and len(root.encode("utf-8")) < MIN_SECRET_BYTES:
-        raise KeyProblem(f"is {len(root.encode('utf-8'))} bytes; pseudonyms and record ids need a secret of at "
-                         f"least {MIN_SECRET_BYTES} bytes: make one with `openssl rand -hex 32`",
-                         source=str(config.path), key="secrets.pseudonym_key")
-    hashed = root is not None and config.audit.record_ids == "hashed"
-    return RunKeys(signing, derive(root, TRANSFORM_LABEL) if root else None,
-                   derive(root, RECORD_ID_LABEL) if root and hashed else None)
+    pseudonyms = pseudonym_keys(config, env)
+    return RunKeys(signing, pseudonyms.transform, pseudonyms.record_ids)
 
 
 def _user() -> str:

@@ -11,7 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.servers import moto_server, postgres_server, seaweedfs_server
+from retention.testing.sandbox import PSEUDONYM_KEY
+from tests.servers import dask_cluster, moto_server, postgres_server, seaweedfs_server
 from tests.stores import MongoStore, PostgresStore, SqliteStore, Store
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -54,6 +55,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "retention-test-admin")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "retention-test-secret-key")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(scope="session")
+def dask_address() -> Iterator[str]:
+    """A real Dask scheduler with two workers for the session; the workers hold the sandboxes' pseudonym secret."""
+    with dask_cluster(2, env={"RETENTION_PSEUDONYM_KEY": PSEUDONYM_KEY}) as cluster:
+        yield cluster.address
 
 
 @pytest.fixture(scope="session")

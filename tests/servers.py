@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
+import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -174,3 +177,71 @@ def _wait_for_s3(url: str, process: subprocess.Popen[bytes], log: Path, timeout:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"SeaweedFS did not answer: {log.read_text(errors='replace')[-2000:]}") from None
             time.sleep(0.2)
+
+
+@dataclasses.dataclass
+class DaskCluster:
+    """A real Dask scheduler and workers, each a process of its own (in its own process group)."""
+
+    address: str
+    workers: list[subprocess.Popen[bytes]]
+
+    def worker_addresses(self) -> list[str]:
+        from distributed import Client
+
+        with Client(self.address, timeout="10s") as client:
+            return sorted(client.scheduler_info(n_workers=-1)["workers"])
+
+    def worker_pid(self, address: str) -> int:
+        """The process id of the worker at `address` (its nanny and it share a process group)."""
+        from distributed import Client
+
+        with Client(self.address, timeout="10s") as client:
+            return int(client.run(os.getpid, workers=[address])[address])
+
+
+@contextlib.contextmanager
+def dask_cluster(workers: int = 2, env: dict[str, str] | None = None) -> Iterator[DaskCluster]:
+    """`dask scheduler` on 127.0.0.1 and `workers` x `dask worker` (one thread each), with `env` added to theirs.
+
+    Workers take their secrets from their own environment, as they would where they are deployed.
+    """
+    base = Path(tempfile.mkdtemp(prefix="rdask-"))
+    dask = str(Path(sys.executable).parent / "dask")
+    scheduler_file = base / "scheduler.json"
+    environment = {**os.environ, **(env or {})}
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        processes.append(subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+             str(scheduler_file)], stdout=subprocess.DEVNULL, stderr=open(base / "scheduler.log", "wb"),  # noqa: SIM115
+            start_new_session=True, env=environment))
+        deadline = time.monotonic() + 30
+        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
+            if processes[0].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dask scheduler did not start: {(base / 'scheduler.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        address = json.loads(scheduler_file.read_text())["address"]
+        started = [subprocess.Popen(
+            [dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
+             "--local-directory", str(base / f"worker-{n}")], stdout=subprocess.DEVNULL,
+            stderr=open(base / f"worker-{n}.log", "wb"), start_new_session=True, env=environment)  # noqa: SIM115
+            for n in range(workers)]
+        processes += started
+        cluster = DaskCluster(address, started)
+        while len(cluster.worker_addresses()) < workers:
+            if any(p.poll() is not None for p in started) or time.monotonic() > deadline:
+                raise RuntimeError(f"dask workers did not start: {(base / 'worker-0.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield cluster
+    finally:
+        for process in reversed(processes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        shutil.rmtree(base, ignore_errors=True)

@@ -16,12 +16,13 @@ from tests.helpers import make_sandbox
 from tests.stores import MongoStore, PostgresStore, SqliteStore, SqlStore
 
 
-@pytest.mark.parametrize("executor", ["serial", "threads", None])
+@pytest.mark.parametrize("executor", ["serial", "threads", None, "dask"])
 def test_one_registry_drives_three_stores(tmp_path: Path, pg_store: PostgresStore, mongo_store: MongoStore,
-                                         moto_url: str, executor: str | None) -> None:
+                                         moto_url: str, executor: str | None, request: pytest.FixtureRequest) -> None:
     """Expired clients' records go everywhere; active, recent and unregistered clients' records stay.
 
-    The same end state, counts and a verified audit log whichever way the units run (by default, a lane per store).
+    The same end state, counts and a verified audit log whichever way the units run (by default, a lane per store;
+    "dask": on a real Dask scheduler with two workers, in processes of their own).
     """
     pg_store.standard_schema()
     pg_store.insert("clients", [{"id": c, "status": s, "closed_at": NOW - timedelta(days=d) if d else None}
@@ -71,6 +72,9 @@ expire = {{ grace = "30 days" }}
 action = "delete"
 max_fraction = 1.0
 """)
+    if executor == "dask":  # the workers have no APP_DATABASE_URL: the URL (no password in it) travels instead
+        executor = request.getfixturevalue("dask_address")
+        box.config.write_text(box.config.read_text().replace("${APP_DATABASE_URL}", pg_store.url))
     plan = json.loads(box.cli("plan", "--now", NOW_TEXT, "--format", "json").stdout)
     assert [(2, 1)] * 3 == [(r["matched"], r["unknown_age"]) for r in plan["rules"]]
     result = box.cli("run", "--now", NOW_TEXT, "--format", "json", *(["--executor", executor] if executor else []))

@@ -1,0 +1,348 @@
+"""Work units on a Dask cluster (job.executor = "tcp://scheduler:8786"): workers change records, one coordinator
+records them and signs.
+
+A unit travels to a worker as its frozen RuleWork with no key in it (the hmac transform's key is taken out) and
+the config without the signing key's path. The worker opens its own connectors, resolving `${NAME}` options and the
+pseudonym secret from its own environment (set where the workers are deployed, or shipped with Dask's Environ
+plugin; literal secrets in the config are refused, since task arguments pass through the scheduler), derives the
+keys it needs (never the signing key: only the coordinator has it), checks they are the coordinator's by
+fingerprint, runs the unit with the one Executor, and sends each outcome through the run's Dask queue, waiting
+until the coordinator has recorded it: as in a local run, no batch starts before the one before it is in the log.
+
+A stop (SIGTERM, max_duration on the coordinator) is the run's Dask event, which workers check between batches. A
+worker whose outcome is not recorded within ACK_TIMEOUT stops: its coordinator is gone, and nothing it changed now
+could reach an audit log. When a worker dies in the middle of a unit, Dask runs the unit again on another worker;
+its batches re-check their predicate, so nothing is changed twice, and the log says so: the lost attempt ends in
+`rule_failed` (WorkerLost) and the unit starts again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+
+from retention.config import Config
+from retention.dispatch import Record, Unit
+from retention.errors import ConfigError, ConnectorError, KeyProblem
+from retention.execute import (
+    Applied,
+    Executor,
+    Failed,
+    Finished,
+    HeldIds,
+    Interrupted,
+    Outcome,
+    Skipped,
+    Started,
+    report_for,
+)
+from retention.pacing import Pace
+from retention.progress import Silent
+from retention.redact import error_summary
+from retention.report import ERROR, RuleReport
+from retention.secrets import pseudonym_keys
+from retention.settings import Environment, EnvRef
+from retention.stores import open_connectors
+from retention.timeutil import rfc3339
+from retention.units import RuleWork
+
+log = structlog.get_logger("retention")
+
+ACK_TIMEOUT = 300.0  # seconds a worker waits for its outcome to be recorded before it takes the coordinator for gone
+POLL = 0.5  # seconds between the coordinator's looks at its stop request and at the units that ended
+CONNECT_TIMEOUT = "10s"
+OUTCOMES: dict[str, type[Outcome]] = {kind.__name__: kind for kind in (Started, Skipped, Applied, HeldIds, Finished,
+                                                                         Failed)}
+REPORTED = ("total", "matched", "held", "unknown_age", "changed", "blocked", "status", "error", "statement",
+            "duration_ms", "remaining", "held_by")  # what a worker's report tells the coordinator's
+DONE, INTERRUPTED, ORPHANED = "done", "interrupted", "orphaned"
+
+
+@dataclass(frozen=True)
+class RemoteUnit:
+    """What a worker is sent: the unit and the config, no key and no secret; where to send outcomes; what to check."""
+
+    index: int
+    work: RuleWork  # its action without the hmac transform's key
+    config: Config  # without the signing key's path or the WORM copy
+    dry_run: bool
+    outcomes: str  # the run's Dask queue
+    stop: str  # the run's Dask event
+    fingerprint: str  # of the keys the coordinator derived
+
+
+# -- the wire: outcomes and report counts as plain data ------------------------------------------------------------
+
+
+def encode(outcome: Outcome) -> dict[str, Any]:
+    values = {field.name: getattr(outcome, field.name) for field in fields(outcome)}
+    return {"kind": type(outcome).__name__,
+            **{name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}}
+
+
+def decode(data: dict[str, Any]) -> Outcome:
+    kind = OUTCOMES[data["kind"]]
+    values: dict[str, Any] = {field.name: tuple(value) if isinstance(value := data[field.name], list) else value
+                              for field in fields(kind)}
+    return kind(**values)
+
+
+def snapshot(report: RuleReport) -> dict[str, Any]:
+    return {name: list(value) if isinstance(value := getattr(report, name), tuple) else value for name in REPORTED}
+
+
+def restore(report: RuleReport, counts: dict[str, Any], carried: tuple[int, int]) -> None:
+    """The worker's counts into the coordinator's report; records changed (or refused) by lost attempts added."""
+    for name in REPORTED:
+        value = counts[name]
+        setattr(report, name, tuple(value) if isinstance(value, list) else value)
+    report.changed += carried[0]
+    report.blocked += carried[1]
+
+
+# -- the worker's side ---------------------------------------------------------------------------------------------
+
+
+def run_unit(task: RemoteUnit) -> str:
+    """On a Dask worker: run one unit, sending each outcome to the coordinator and waiting until it is recorded."""
+    from distributed import Event, Queue, get_client, get_worker
+
+    client: Any = get_client()
+    worker: str = get_worker().address
+    attempt = uuid.uuid4().hex[:12]
+    outcomes: Any = Queue(task.outcomes, client=client)
+    acks: Any = Queue(f"{task.outcomes}-ack-{attempt}", client=client)
+    stop: Any = Event(task.stop, client=client)
+    report = report_for(task.work)
+    try:
+        for seq, outcome in enumerate(_execute_here(task, worker, report, stop.is_set)):
+            outcomes.put({"unit": task.index, "attempt": attempt, "worker": worker, "seq": seq,
+                          "outcome": encode(outcome), "report": snapshot(report)})
+            acks.get(timeout=ACK_TIMEOUT)
+    except Interrupted:
+        return INTERRUPTED
+    except TimeoutError:
+        log.error("coordinator_lost", rule=task.work.rule.name, detail="no outcome recorded within "
+                  f"{ACK_TIMEOUT:.0f} s: this worker stops, its last batch unrecorded")
+        return ORPHANED
+    return DONE
+
+
+def _execute_here(task: RemoteUnit, worker: str, report: RuleReport, stopped: Callable[[], bool]
+                  ) -> Iterator[Outcome]:
+    """The unit, executed with this worker's own connectors and keys; a failure to get them is the unit's own."""
+    env = Environment()
+    started = False
+    try:
+        keys = pseudonym_keys(task.config, env)
+        if keys.fingerprint() != task.fingerprint:
+            raise KeyProblem("this worker's pseudonym secret is not the coordinator's: its record ids and "
+                             "pseudonyms would not match; give the workers the same secret",
+                             key="secrets.pseudonym_key")
+        work = replace(task.work, action=replace(task.work.action, hmac_key=keys.transform))
+        with open_connectors(task.config, env, [work.rule]) as connectors:
+            pace = Pace(stopped, clock=lambda: datetime.now(UTC), budget=None,
+                        max_lag=task.config.job.max_replica_lag)
+            executor = Executor(connectors, keys.record_ids, task.config, task.dry_run, pace, Silent(), worker)
+            for outcome in executor.execute(work, report):
+                started = True
+                yield outcome
+    except Exception as exc:
+        error_class, message = error_summary(exc)
+        if started:  # closing a connector failed after the unit ended: nothing left to record
+            log.warning("connector_close_failed", error_class=error_class)
+            return
+        report.status, report.error = ERROR, message
+        yield Started(rfc3339(report.cutoff) if report.cutoff else None, task.work.selection.held.holds)
+        yield Failed(error_class, message)
+
+
+# -- the coordinator's side ----------------------------------------------------------------------------------------
+
+
+class DaskLanes:
+    """Runs each unit as a task on the Dask cluster at `address`; records what the workers send, in arrival order."""
+
+    def __init__(self, address: str, config: Config, run_id: str, key_fingerprint: str) -> None:
+        _refuse_literal_secrets(config)
+        from distributed import Client, Event, Queue
+
+        try:
+            self.client: Any = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ConnectorError(f"cannot reach the Dask scheduler at {address} ({type(exc).__name__})") from None
+        self._queue_type = Queue
+        # the workers need to know whether record ids are hashed, never where the signing key is
+        self.config = replace(config, audit=replace(config.audit, signing_key=None, worm=None)) if config.audit \
+            else config
+        self.run_id, self.fingerprint = run_id, key_fingerprint
+        self.outcomes_name, self.stop_name = f"retention-{run_id}", f"retention-{run_id}-stop"
+        self.outcomes: Any = Queue(self.outcomes_name, client=self.client)
+        self.stop: Any = Event(self.stop_name, client=self.client)
+        self._calls = 0
+
+    def close(self) -> None:
+        self.client.close()
+
+    def run(self, units: Sequence[Unit], executor: Executor, record: Record) -> None:
+        self._calls += 1
+        futures: dict[Any, int] = {self.client.submit(
+            run_unit, RemoteUnit(index, _keyless(unit.work), self.config, executor.dry_run, self.outcomes_name,
+                                 self.stop_name, self.fingerprint),
+            key=f"retention-{self.run_id}-{self._calls}-{index}", pure=False): index
+            for index, unit in enumerate(units)}
+        session = _Session(units, record, self._queue_type, self.client, self.outcomes_name)
+        pending = set(futures)
+        try:
+            while pending:
+                if executor.should_stop() and not self.stop.is_set():
+                    self.stop.set()  # every worker stops between batches
+                try:
+                    message = self.outcomes.get(timeout=POLL)
+                except TimeoutError:
+                    message = None
+                if message is not None:
+                    session.receive(message)
+                pending = {future for future in pending if not future.done()}
+        except BaseException:
+            self.stop.set()
+            raise
+        if session.failure is not None:
+            raise session.failure
+        interrupted = False
+        for future, index in futures.items():
+            if future.status == "error":
+                session.unit_failed(index, future.exception())
+            else:
+                interrupted |= future.result() == INTERRUPTED
+        if interrupted:
+            raise Interrupted
+
+
+@dataclass
+class _Lost:
+    """An attempt whose worker died mid-unit, kept until the next attempt has counted what is left."""
+
+    worker: str
+    matched: int  # what it counted
+    own_changed: int  # what it changed in recorded batches
+    carried: tuple[int, int]  # changed and blocked by the attempts before it and by it
+    ended: bool  # its Finished or Failed was recorded (it died after the unit ended)
+    started: Started | None = None  # the next attempt's Started, recorded after the loss
+
+
+class _Session:
+    """One dispatch's bookkeeping: each unit's current attempt, what lost attempts changed, recording failures."""
+
+    def __init__(self, units: Sequence[Unit], record: Record, queue_type: Any, client: Any, outcomes: str) -> None:
+        self.units, self.record = units, record
+        self._queue_type, self._client, self._outcomes = queue_type, client, outcomes
+        self.attempts: dict[int, tuple[str, str]] = {}  # unit -> (attempt, worker)
+        self.ended: set[int] = set()  # units whose Finished or Failed is recorded
+        self.carried: dict[int, tuple[int, int]] = {}  # unit -> (changed, blocked) by lost attempts
+        self.lost: dict[int, _Lost] = {}
+        self.failure: BaseException | None = None  # recording failed: the rest is acknowledged, not recorded
+        self.unrecorded = 0
+
+    def receive(self, message: dict[str, Any]) -> None:
+        index, attempt, worker = message["unit"], message["attempt"], message["worker"]
+        unit, outcome = self.units[index], decode(message["outcome"])
+        try:
+            if self.failure is None:
+                self._record(index, unit, attempt, worker, outcome, message["report"])
+            elif isinstance(outcome, Applied):
+                self.unrecorded += outcome.count
+        except BaseException as exc:
+            self.failure = exc
+            if isinstance(outcome, Applied):
+                self.unrecorded += outcome.count
+        finally:  # the worker goes on (and, after a recording failure, stops at its next batch)
+            self._queue_type(f"{self._outcomes}-ack-{attempt}", client=self._client).put(message["seq"])
+        if self.failure is not None and self.unrecorded:
+            log.error("batch_unrecorded", count=self.unrecorded,
+                      detail="committed after the run stopped recording; the audit log of this run lacks it")
+            self.unrecorded = 0
+
+    def _record(self, index: int, unit: Unit, attempt: str, worker: str, outcome: Outcome,
+                counts: dict[str, Any]) -> None:
+        previous = self.attempts.get(index)
+        self.attempts[index] = (attempt, worker)
+        if previous is not None and previous[0] != attempt:  # Dask runs the unit again: the last worker was lost
+            if index not in self.lost:  # (an attempt lost before it counted anything adds nothing to know)
+                before = self.carried.get(index, (0, 0))
+                report = unit.report
+                self.lost[index] = _Lost(previous[1], report.matched, report.changed - before[0],
+                                         (report.changed, report.blocked), index in self.ended)
+            self.ended.discard(index)
+        if index in self.lost:
+            if isinstance(outcome, Started):
+                self.lost[index].started = outcome  # recorded once this attempt has counted
+                return
+            self._record_loss(index, unit, counts["matched"] if isinstance(outcome, Applied | Skipped | Finished)
+                              else None)
+        restore(unit.report, counts, self.carried.get(index, (0, 0)))
+        unit.started = True
+        self.record(unit, outcome)
+        if isinstance(outcome, Finished | Failed):
+            self.ended.add(index)
+
+    def _record_loss(self, index: int, unit: Unit, left: int | None) -> None:
+        """The lost attempt's end (rule_failed WorkerLost), then the next attempt's start.
+
+        What the lost attempt changed after its last recorded batch is what its count leaves unexplained: it had
+        counted `matched`, recorded `own_changed`, and the next attempt finds `left`.
+        """
+        lost = self.lost.pop(index)
+        unseen = max(0, lost.matched - lost.own_changed - left) if left is not None else 0
+        changed, blocked = lost.carried[0] + unseen, lost.carried[1]
+        if not lost.ended:
+            message = (f"the worker running this unit ({lost.worker}) was lost; the unit runs again on another "
+                       "worker, which checks every record again")
+            if unseen:
+                message += (f"; {unseen} records it changed after its last recorded batch are not named in this log "
+                            f"(it counted {lost.matched} and recorded {lost.own_changed}; {left} were left)")
+            unit.report.changed, unit.report.blocked = changed, blocked
+            self.record(unit, Failed("WorkerLost", message))
+        self.carried[index] = (changed, blocked)
+        if lost.started is not None:
+            self.record(unit, lost.started)
+
+    def unit_failed(self, index: int, error: BaseException | None) -> None:
+        """A unit's task failed for good (KilledWorker after Dask's retries, say): record it as the unit's failure."""
+        if index in self.lost:
+            self._record_loss(index, self.units[index], None)
+        if index in self.ended:
+            return
+        unit = self.units[index]
+        error_class, message = error_summary(error) if error else ("Unknown", "the task failed")
+        if not unit.started:
+            unit.started = True
+            self.record(unit, Started(rfc3339(unit.report.cutoff) if unit.report.cutoff else None,
+                                      unit.work.selection.held.holds))
+        unit.report.status, unit.report.error = ERROR, message
+        self.record(unit, Failed(error_class, message))
+        self.ended.add(index)
+
+
+def _keyless(work: RuleWork) -> RuleWork:
+    return replace(work, action=replace(work.action, hmac_key=None))
+
+
+def _refuse_literal_secrets(config: Config) -> None:
+    """Task arguments pass through the scheduler (and its logs): a secret written into the config may not go."""
+    if config.pseudonym_key is not None and not isinstance(config.pseudonym_key, EnvRef):
+        raise ConfigError("is written into the config; with a Dask executor the config travels to the workers: "
+                          "write ${NAME} and set NAME where the coordinator and the workers run",
+                          source=str(config.path), key="secrets.pseudonym_key")
+    for name, connector in config.connectors.items():
+        for option, value in connector.options.items():
+            if isinstance(value, str) and "://" in value and urlsplit(value).password:
+                raise ConfigError("holds a password; with a Dask executor the config travels to the workers: "
+                                  "write the URL as ${NAME} and set NAME where the workers run",
+                                  source=str(config.path), key=f"connectors.{name}.{option}")
