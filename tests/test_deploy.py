@@ -65,3 +65,25 @@ def test_the_kubernetes_cronjob_forbids_overlap_and_uses_secrets_and_a_configmap
     assert "retention-config" == volumes["config"]["configMap"]["name"]
     assert "retention-signing-key" == volumes["signing-key"]["secret"]["secretName"]
     assert "Never" == pod["restartPolicy"] and container["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_dask_cluster_gives_workers_the_stores_and_the_pseudonym_secret_but_never_the_signing_key() -> None:
+    """Workers run the CronJob's image and get every secret from the CronJob's Secret; the signing key stays with
+    the coordinator; the scheduler serves the address the README tells the config to use."""
+    cluster = yaml.safe_load((ROOT / "deploy" / "dask" / "daskcluster.yaml").read_text())
+    cronjob = yaml.safe_load((DEPLOY / "cronjob.yaml").read_text())
+    coordinator = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    worker = cluster["spec"]["worker"]["spec"]["containers"][0]
+    assert coordinator["image"] == worker["image"] == cluster["spec"]["scheduler"]["spec"]["containers"][0]["image"]
+    worker_env = {item["name"]: item for item in worker["env"]}
+    coordinator_env = {item["name"]: item for item in coordinator["env"]}
+    assert "RETENTION_AUDIT_KEY" not in worker_env
+    assert "retention-signing-key" not in (ROOT / "deploy" / "dask" / "daskcluster.yaml").read_text()
+    assert set(worker_env) == set(coordinator_env) - {"RETENTION_AUDIT_KEY"}
+    assert all(worker_env[name] == coordinator_env[name] for name in worker_env)
+    assert all("secretKeyRef" in item["valueFrom"] for item in worker_env.values())  # no literal secret
+    assert "--nthreads" in worker["args"] and worker["securityContext"]["runAsNonRoot"] is True
+    ports = {port["port"] for port in cluster["spec"]["scheduler"]["service"]["ports"]}
+    assert 8786 in ports and "retention" == cluster["metadata"]["name"]  # tcp://retention-scheduler:8786
+    readme = (ROOT / "README.md").read_text()
+    assert 'executor = "tcp://retention-scheduler:8786"' in readme
