@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import pymongo
 import structlog
+from bson import ObjectId
 from pymongo.collection import Collection
 from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, OperationFailure, PyMongoError
 
@@ -19,10 +20,21 @@ from retention.clients import judge
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
 from retention.ids import mongo_values
-from retention.model import Action, Batch, ClientRegistry, ClientStates, Counts, OptionValue, Selection
+from retention.model import (
+    Action,
+    Batch,
+    ClientRegistry,
+    ClientStates,
+    Counts,
+    OptionValue,
+    Selection,
+    Shard,
+    shards_between,
+)
 from retention.retry import retrying
 from retention.transforms import KeyedHasher, record_text
 
+SHARDABLE_IDS = (int, str, ObjectId)  # `_id` types a range of one type covers (never bool: True is no id)
 LARGE = 100_000  # documents: from here on the total is the server's estimate, and each class its own count
 
 log = structlog.get_logger("retention")
@@ -137,6 +149,24 @@ class MongoConnector(ConnectorDefaults):
         except PyMongoError as exc:
             raise ConnectorError(f"count failed: {_summary(exc)}") from None
 
+    def shards(self, selection: Selection, parts: int) -> list[Shard]:
+        """Ranges of `_id` holding about as many matching documents each. Only where every matching `_id` is a
+        scalar of one type (MongoDB compares a range's bound with values of its own type alone, so a range of
+        integers would never reach a string `_id`), and the bounds are such scalars: no document becomes a filter."""
+        if parts < 2:
+            return []
+        collection = self._collection(selection.target)
+        matched = class_filters(selection, self._client_states(selection))["matched"]
+        try:
+            first, last = _first_id(collection, matched, 1), _first_id(collection, matched, -1)
+            if type(first) not in SHARDABLE_IDS or type(first) is not type(last):
+                return []
+            total = collection.count_documents(matched)
+            cuts = [_first_id(collection, matched, 1, skip=total * index // parts) for index in range(1, parts)]
+        except PyMongoError as exc:
+            raise ConnectorError(f"sharding failed: {_summary(exc)}") from None
+        return shards_between("_id", sorted({cut for cut in cuts if type(cut) is type(first)}))
+
     def held_ids(self, selection: Selection, batch_size: int, id_key: bytes) -> Iterator[tuple[str, ...]]:
         key = selection.key or ("_id",)
         collection = self._collection(selection.target)
@@ -235,3 +265,9 @@ def _summary(error: PyMongoError) -> str:
         lines = str(error).splitlines()  # hosts and ports
         return f"{name}: {lines[0]}" if lines else name
     return name
+
+
+def _first_id(collection: Collection[dict[str, Any]], query: Filter, order: int, skip: int = 0) -> Any:
+    """The `_id` of the first matching document in `_id` order (after `skip` of them); None when there is none."""
+    found = next(iter(collection.find(query, {"_id": 1}).sort("_id", order).skip(skip).limit(1)), None)
+    return None if found is None else found["_id"]

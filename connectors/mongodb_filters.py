@@ -39,6 +39,11 @@ def class_filters(selection: Selection, clients: ClientStates | None) -> dict[st
         expired, unknown = [named], [NOTHING]
     is_expired = any_of(expired)
     fresh: Filter = {selection.marker: None} if selection.marker else {}
+    if selection.shard:  # a part of the rule's documents: a range of `_id` (scalar bounds of one type, see shards)
+        bounds = {"$gte": selection.shard.low} if selection.shard.low is not None else {}
+        if selection.shard.high is not None:
+            bounds["$lt"] = selection.shard.high
+        fresh = all_of(fresh, {"_id": bounds}) if bounds else fresh
     held = selection.held
     if held.everything:
         not_held, is_held = NOTHING, {}

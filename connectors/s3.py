@@ -30,6 +30,7 @@ lists afresh. What may have changed since the count is looked at again, and only
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing
@@ -45,7 +46,7 @@ from connectors.s3_records import (
 )
 from retention.connector import ConnectorDefaults, ObjectClient, Option
 from retention.errors import ConnectorError, TargetMissing
-from retention.model import Action, Batch, Counts, OptionValue, Selection
+from retention.model import Action, Batch, Counts, OptionValue, Selection, Shard
 from retention.transforms import KeyedHasher
 
 DELETE_CAP = 1000  # S3 takes at most 1,000 keys per DeleteObjects call
@@ -88,10 +89,22 @@ class S3Connector(S3Judging, ConnectorDefaults):
 
     def __init__(self, name: str, options: Mapping[str, OptionValue]) -> None:
         super().__init__(name, options)
-        self._collection: _Collection | None = None
+        # what each thread's last count kept for its apply: rules run side by side on lanes of their own, and one
+        # rule's count must never take away what another rule's apply is reading
+        self._counted = threading.local()
+        self._open: set[RecordSpool] = set()
+        self._open_lock = threading.Lock()
+
+    @property
+    def _collection(self) -> _Collection | None:
+        return getattr(self._counted, "collection", None)
 
     def close(self) -> None:
-        self._release()
+        with self._open_lock:
+            for records in self._open:
+                records.close()
+            self._open.clear()
+            self._counted = threading.local()
         super().close()
 
     def object_client(self) -> ObjectClient:
@@ -126,7 +139,9 @@ class S3Connector(S3Judging, ConnectorDefaults):
         except BaseException:
             records.close()  # a count cut short keeps nothing: an apply would list afresh
             raise
-        self._collection = _Collection(selection, records)
+        self._counted.collection = _Collection(selection, records)
+        with self._open_lock:
+            self._open.add(records)
         return Counts(total=sum(tally.values()), matched=tally["matched"], held=tally["held"],
                       unknown_age=tally["unknown_age"])
 
@@ -135,9 +150,13 @@ class S3Connector(S3Judging, ConnectorDefaults):
         return collection if collection is not None and collection.selection is selection else None
 
     def _release(self) -> None:
-        if self._collection is not None:
-            self._collection.records.close()
-            self._collection = None
+        """Close this thread's last count (its apply and held ids are done: a thread runs one rule at a time)."""
+        collection = self._collection
+        if collection is not None:
+            collection.records.close()
+            self._counted.collection = None
+            with self._open_lock:
+                self._open.discard(collection.records)
 
     def held_ids(self, selection: Selection, batch_size: int, id_key: bytes) -> Iterator[tuple[str, ...]]:
         hasher = KeyedHasher(id_key)
@@ -151,6 +170,23 @@ class S3Connector(S3Judging, ConnectorDefaults):
             held = tuple(hasher(record.identity) for record, kind in page if kind == "held")
             if held:
                 yield held
+
+    def shards(self, selection: Selection, parts: int) -> list[Shard]:
+        """The folders under the rule's prefix (`Delimiter="/"`: one cheap listing of folders, not of objects), about
+        as many to each shard; the first shard also takes the keys beside them. A prefix without two folders stays
+        whole."""
+        if parts < 2:
+            return []
+        prefix = str(selection.scope.get("prefix") or "")
+        folders = [common["Prefix"] for page in self._listing("list_objects_v2", selection.target, prefix,
+                                                               Delimiter="/")
+                   for common in page.get("CommonPrefixes", [])]
+        if len(folders) < 2:
+            return []
+        parts = min(parts, len(folders))
+        groups = [tuple(folders[len(folders) * index // parts:len(folders) * (index + 1) // parts])
+                  for index in range(parts)]
+        return [Shard(index + 1, parts, "Key", folders=group, loose=index == 0) for index, group in enumerate(groups)]
 
     def statement(self, selection: Selection, action: Action) -> str:
         field = selection.age.field if selection.age else "client_key"
@@ -222,7 +258,7 @@ class S3Connector(S3Judging, ConnectorDefaults):
         if failures:
             raise failures[0]
         if versioned and submitted:
-            self._remove_orphan_markers(bucket, str(selection.scope.get("prefix") or ""))
+            self._remove_orphan_markers(bucket, str(selection.scope.get("prefix") or ""), selection.shard)
         if errors:
             summary = ", ".join(f"{count} x {code}" for code, count in sorted(errors.items()))
             raise ConnectorError(f"{sum(errors.values())} objects could not be deleted ({summary})")
@@ -260,12 +296,12 @@ class S3Connector(S3Judging, ConnectorDefaults):
             failed[item.get("Code", "Unknown")] = failed.get(item.get("Code", "Unknown"), 0) + 1
         return deleted, failed
 
-    def _remove_orphan_markers(self, bucket: str, prefix: str) -> None:
+    def _remove_orphan_markers(self, bucket: str, prefix: str, shard: Shard | None) -> None:
         """Delete markers whose key has no version left hide nothing: remove them, so nothing lingers."""
         orphans: list[dict[str, str]] = []
         versions_of: dict[str, int] = {}
         markers: list[tuple[str, str]] = []
-        for page in self._listing("list_object_versions", bucket, prefix):
+        for page in self._listing("list_object_versions", bucket, prefix, shard):
             for version in page.get("Versions", []):
                 versions_of[version["Key"]] = versions_of.get(version["Key"], 0) + 1
             markers += [(m["Key"], m["VersionId"]) for m in page.get("DeleteMarkers", [])]

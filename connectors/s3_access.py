@@ -15,11 +15,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from connectors.s3_records import S3Record, address
 from retention.errors import ConnectorError, TargetMissing
-from retention.model import OptionValue
+from retention.model import OptionValue, Shard
 
 IN_FLIGHT = 4  # DeleteObjects calls running at once
 LOOKUPS = 16  # concurrent HEAD / GetObjectTagging calls when metadata, tags or locks must be read
 SETTLE = timedelta(seconds=2)  # listed this long after its LastModified, a rewrite since would show (plus skew)
+LISTED = ("Contents", "Versions", "DeleteMarkers")  # what listing pages list, by key
 GONE_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "405", "MethodNotAllowed"})  # (405: a delete marker)
 
 
@@ -86,17 +87,23 @@ class S3Access:
             raise self._error(exc, self.client.get_object_lock_configuration, {"Bucket": bucket}) from None
         return bool(configuration.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled")
 
-    def _pages(self, bucket: str, prefix: str, versioned: bool) -> Iterator[list[S3Record]]:
-        """The bucket's records under `prefix`, one listing page at a time (memory stays flat)."""
+    def _pages(self, bucket: str, prefix: str, versioned: bool, shard: Shard | None = None
+               ) -> Iterator[list[S3Record]]:
+        """The bucket's records under `prefix` (and in `shard`), one listing page at a time (memory stays flat)."""
         operation, field, version = ("list_object_versions", "Versions", "VersionId") if versioned else (
             "list_objects_v2", "Contents", None)
-        for page in self._listing(operation, bucket, prefix):
+        for page in self._listing(operation, bucket, prefix, shard):
             yield _records(page, field, version)
 
-    def _listing(self, operation: str, bucket: str, prefix: str) -> Iterator[Mapping[str, Any]]:
-        """The raw pages of a listing, its errors named (a missing bucket, a code, or a server gone away)."""
+    def _listing(self, operation: str, bucket: str, prefix: str, shard: Shard | None = None, **options: str
+                 ) -> Iterator[Mapping[str, Any]]:
+        """The raw pages of a listing (of `shard`'s folders and loose keys only, in key order), its errors named:
+        a missing bucket, a code, a server gone away."""
         try:
-            yield from self.client.get_paginator(operation).paginate(Bucket=bucket, Prefix=prefix)
+            if shard is None:
+                yield from self.client.get_paginator(operation).paginate(Bucket=bucket, Prefix=prefix, **options)
+            else:
+                yield from self._shard_listing(operation, bucket, prefix, shard)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "Unknown")
             if code == "NoSuchBucket":
@@ -104,6 +111,32 @@ class S3Access:
             raise ConnectorError(f"S3 listing failed: {code}") from None
         except BotoCoreError as exc:  # the server went away mid-listing (after botocore's retries)
             raise ConnectorError(f"cannot reach S3: {type(exc).__name__}") from None
+
+    def _shard_listing(self, operation: str, bucket: str, prefix: str, shard: Shard) -> Iterator[Mapping[str, Any]]:
+        """A shard's folders, each listed by its own prefix; for the shard with the loose keys, the folder listing
+        (`Delimiter="/"`) in key order, its keys passed on and its folders of this shard listed where they fall."""
+        paginator = self.client.get_paginator(operation)
+        if not shard.loose:
+            for folder in shard.folders:
+                yield from paginator.paginate(Bucket=bucket, Prefix=folder)
+            return
+        mine = set(shard.folders)
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            rest = {name: value for name, value in page.items() if name not in LISTED and name != "CommonPrefixes"}
+            entries = sorted([(item["Key"], name, item) for name in LISTED for item in page.get(name, [])]
+                             + [(folder["Prefix"], "", {}) for folder in page.get("CommonPrefixes", [])],
+                             key=lambda entry: entry[0])
+            loose: dict[str, list[Any]] = {}
+            for key, name, item in entries:
+                if name:
+                    loose.setdefault(name, []).append(item)
+                elif key in mine:
+                    if loose:
+                        yield {**rest, **loose}
+                        loose = {}
+                    yield from paginator.paginate(Bucket=bucket, Prefix=key)
+            if loose:
+                yield {**rest, **loose}
 
     def _listing_page(self, bucket: str, prefix: str, start_after: str | None) -> tuple[list[S3Record], bool]:
         """One fresh page of the unversioned listing after `start_after`, and whether more follow."""

@@ -19,7 +19,7 @@ class S3Judging(S3Access):
         """Each page's records with their class: matched, held, unknown_age or kept (not expired)."""
         bucket, prefix = selection.target, str(selection.scope.get("prefix") or "")
         versioned, locked = self._versioned(bucket), self._lock_enabled(bucket)
-        for page in self._pages(bucket, prefix, versioned):
+        for page in self._pages(bucket, prefix, versioned, selection.shard):
             yield self._judge(selection, page, locked)
 
     def _judge(self, selection: Selection, records: list[S3Record], locked: bool) -> list[tuple[S3Record, str]]:

@@ -64,7 +64,7 @@ def key_part(key_pattern: str | None, part: str, key: str) -> str | None:
     return match.group(part) if match and part in match.groupdict() else None
 
 
-@dataclass
+@dataclass(eq=False)
 class RecordSpool:
     """Judged records in the order they were appended: the first `bound` in memory, the rest in a temporary file.
 

@@ -45,7 +45,11 @@ def predicates(dialect: SqlDialect, table: FromClause, selection: Selection, reg
         held = true()
     elif selection.held.client_ids and selection.held.client_field:
         held = dialect.has_id(table.c[selection.held.client_field], selection.held.client_ids)
-    fresh = table.c[selection.marker].is_(None) if selection.marker else true()
+    fresh: ColumnElement[bool] = table.c[selection.marker].is_(None) if selection.marker else true()
+    if selection.shard:  # a part of the rule's records: a range of the key's first column
+        column = table.c[selection.shard.field]
+        fresh = and_(fresh, *([column >= selection.shard.low] if selection.shard.low is not None else []),
+                     *([column < selection.shard.high] if selection.shard.high is not None else []))
     return {
         "matched": and_(is_expired, not_(held), fresh),
         "held": and_(is_expired, held, fresh),

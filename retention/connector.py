@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from retention.errors import ConfigError
-from retention.model import Action, Batch, Counts, OptionValue, Selection
+from retention.model import Action, Batch, Counts, OptionValue, Selection, Shard
 
 ENTRY_POINT_GROUP = "retention.connectors"
 
@@ -76,6 +76,19 @@ class ReplicaLag(Protocol):
 
     def replica_lag(self) -> float | None:
         """Seconds the slowest replica is behind this run's writes; None when there is none to ask."""
+        ...
+
+
+@runtime_checkable
+class Sharding(Protocol):
+    """A store that can split a rule's records into parts that never overlap, to run side by side."""
+
+    def shards(self, selection: Selection, parts: int) -> list[Shard]:
+        """At most `parts` shards that together cover every record of the selection (one or none: do not split).
+
+        Each shard's records are exactly those `Shard.holds` admits by the value of `Shard.field`, and the store's
+        count and apply honour `selection.shard`.
+        """
         ...
 
 

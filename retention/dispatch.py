@@ -35,13 +35,14 @@ log = structlog.get_logger("retention")
 DEFAULT_WORKERS = 4  # executor = "threads" without job.workers: the work is mostly waiting on stores
 
 
-@dataclass
+@dataclass(eq=False)
 class Unit:
     """One unit to run, the report it fills, and whether it started (only started units are reported)."""
 
     work: RuleWork
     report: RuleReport
     started: bool = False
+    part_of: Unit | None = None  # the rule this unit is a shard of (retention.sharding)
 
 
 class LaneDone:
@@ -60,6 +61,10 @@ class Lanes(Protocol):
 
     def run(self, units: Sequence[Unit], executor: Executor, record: Record) -> None: ...
 
+    def parallelism(self) -> int:
+        """How many units can run at once (shards beyond that would only wait)."""
+        ...
+
 
 Record = Callable[[Unit, Outcome], None]
 Message = tuple[Unit | None, "Outcome | LaneDone | LaneFailed", threading.Event | None]
@@ -71,6 +76,10 @@ class LocalLanes:
 
     executor: str | None = None
     workers: int | None = None
+
+    def parallelism(self) -> int:
+        """Only "threads" runs several units of one store at once: the default keeps a store to one unit."""
+        return (self.workers or DEFAULT_WORKERS) if self.executor == THREADS else 1
 
     def lanes(self, units: Sequence[Unit]) -> tuple[list[list[int]], int]:
         """The lanes (unit indices, in order) and how many run at once."""

@@ -56,7 +56,8 @@ def assess(connectors: Stores, work: RuleWork, report: RuleReport) -> tuple[Rule
         erasure = work.selection.erasure
         report.held_by = work.selection.held.holding(erasure.client_id if erasure else None) or (
             f"{work.rule.connector}'s own lock (Object Lock)",)
-    if work.request is None and (reason := threshold_reason(work.rule, counts)):
+    # a shard's rule was judged whole before any shard ran (retention.sharding); a request's never is
+    if work.request is None and work.selection.shard is None and (reason := threshold_reason(work.rule, counts)):
         report.status, report.error = OVER_THRESHOLD, reason
     return work, counts
 
@@ -70,6 +71,10 @@ class Started:
 
     cutoff: str | None
     holds: tuple[str, ...]
+
+
+def starting(work: RuleWork, report: RuleReport) -> Started:
+    return Started(rfc3339(report.cutoff) if report.cutoff else None, work.selection.held.holds)
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,7 @@ class Executor:
         """
         rule = work.rule
         structlog.contextvars.bind_contextvars(rule=rule.name, connector=rule.connector, request=work.request)
-        yield Started(rfc3339(report.cutoff) if report.cutoff else None, work.selection.held.holds)
+        yield starting(work, report)
         started = time.monotonic()
         try:
             yield from self._execute(work, report, started)

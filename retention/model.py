@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from retention.timeutil import Duration
 
@@ -95,6 +98,38 @@ class Erasure:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """Part `index` of `of` of a rule's records, parts that never overlap: those whose `field` lies in [low, high),
+    or on S3 those in some of the folders under the rule's prefix (and, for one shard, the keys beside them).
+
+    The bounds are values of the store's own key (a column, `_id`, an S3 key): they never go into the audit log,
+    which names a shard by its label alone.
+    """
+
+    index: int  # 1 ... of
+    of: int
+    field: str
+    low: Any = None  # None: from the first record
+    high: Any = None  # None: to the last
+    folders: tuple[str, ...] = ()  # S3: these key prefixes, each listed on its own
+    loose: bool = False  # S3: also the keys directly under the rule's prefix, in no folder
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.of}"
+
+    def holds(self, value: Any) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value < self.high)
+
+
+def shards_between(field: str, cuts: Sequence[Any]) -> list[Shard]:
+    """The shards sorted, distinct cut values make: before the first cut, between each two, from the last on."""
+    bounds = [None, *cuts, None]
+    return [Shard(index + 1, len(bounds) - 1, field, low, high)
+            for index, (low, high) in enumerate(itertools.pairwise(bounds))]
+
+
+@dataclass(frozen=True)
 class Selection:
     """The records one rule is about, evaluated by the store itself."""
 
@@ -107,6 +142,7 @@ class Selection:
     scope: dict[str, OptionValue] = field(default_factory=dict)  # connector-specific target keys (S3: prefix)
     now: datetime | None = None  # the evaluation instant, for stores that judge locks themselves (S3)
     erasure: Erasure | None = None  # set: the records this request names are "expired", age and client aside
+    shard: Shard | None = None  # set: only the records of this part (the rule's thresholds were judged whole)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from retention.execute import (
     Skipped,
     Started,
     report_for,
+    starting,
 )
 from retention.pacing import Pace
 from retention.progress import Silent
@@ -49,7 +50,6 @@ from retention.report import ERROR, RuleReport
 from retention.secrets import pseudonym_keys
 from retention.settings import Environment, EnvRef
 from retention.stores import open_connectors
-from retention.timeutil import rfc3339
 from retention.units import RuleWork
 
 log = structlog.get_logger("retention")
@@ -159,7 +159,7 @@ def _execute_here(task: RemoteUnit, worker: str, report: RuleReport, stopped: Ca
             log.warning("connector_close_failed", error_class=error_class)
             return
         report.status, report.error = ERROR, message
-        yield Started(rfc3339(report.cutoff) if report.cutoff else None, task.work.selection.held.holds)
+        yield starting(task.work, report)
         yield Failed(error_class, message)
 
 
@@ -189,6 +189,11 @@ class DaskLanes:
 
     def close(self) -> None:
         self.client.close()
+
+    def parallelism(self) -> int:
+        """The cluster's worker threads, as the scheduler counts them now."""
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        return max(1, sum(int(worker.get("nthreads", 1)) for worker in workers))
 
     def run(self, units: Sequence[Unit], executor: Executor, record: Record) -> None:
         self._calls += 1
@@ -323,8 +328,7 @@ class _Session:
         error_class, message = error_summary(error) if error else ("Unknown", "the task failed")
         if not unit.started:
             unit.started = True
-            self.record(unit, Started(rfc3339(unit.report.cutoff) if unit.report.cutoff else None,
-                                      unit.work.selection.held.holds))
+            self.record(unit, starting(unit.work, unit.report))
         unit.report.status, unit.report.error = ERROR, message
         self.record(unit, Failed(error_class, message))
         self.ended.add(index)

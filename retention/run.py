@@ -61,6 +61,7 @@ from retention.requests import (
 )
 from retention.secrets import PseudonymKeys, pseudonym_keys
 from retention.settings import Environment
+from retention.sharding import reports_of, split
 from retention.stores import Stores, open_connectors
 from retention.timeutil import rfc3339
 from retention.units import RuleWork, compile_rule, request_work, select_rules
@@ -187,17 +188,21 @@ class Recorder:
     def units(self, executor: Executor, works: Sequence[RuleWork], reports: list[RuleReport]) -> None:
         """Run `works`, appending the report of each unit that started to `reports`, in the units' order."""
         units = [Unit(work, report_for(work)) for work in works]
+        parallel = self.lanes.parallelism()
+        if parallel > 1 and not executor.dry_run:
+            units = split(units, executor.connectors, parallel, executor.config)
         try:
             self.lanes.run(units, executor, self.record)
         finally:
-            reports.extend(unit.report for unit in units if unit.started)
+            reports.extend(reports_of(units))
 
     def record(self, unit: Unit, outcome: Outcome) -> None:
         rule, work, report, audit = unit.work.rule, unit.work, unit.report, self.audit
         if isinstance(outcome, Started):
             self._held[id(unit)] = (0, hashlib.sha256())
+            shard = work.selection.shard
             audit.event(RuleStarted(rule.name, rule.connector, rule.target, work.action.kind, outcome.cutoff,
-                                    list(outcome.holds), work.request, work.reason))
+                                    list(outcome.holds), work.request, work.reason, shard.label if shard else None))
         elif isinstance(outcome, Skipped):
             audit.event(RuleSkipped(rule.name, "threshold", outcome.reason, outcome.matched, outcome.total,
                                     str(rule.max_fraction), rule.max_records))

@@ -168,3 +168,28 @@ def test_an_unreachable_scheduler_is_named_and_nothing_runs(tmp_path: Path, pg_s
     assert 1 == result.exit_code
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in result.stderr
     assert [2] * TABLES == _left(pg_store)
+
+
+def test_one_large_s3_rule_runs_as_shards_on_both_workers(tmp_path: Path, moto_url: str, dask_address: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole rule is judged on the coordinator; its folders are split between shards, run on both workers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.test_s3 import OLD, RULE, S3Sandbox
+
+    box = S3Sandbox(tmp_path / "s3", moto_url)
+    old = [f"uploads/p{folder:02d}/{n}" for folder in range(16) for n in range(4)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: box.put(key, collected_at=OLD), old))
+    box.put("uploads/p00/fresh", collected_at=NOW.isoformat())
+    box.write(RULE.format(bucket=box.bucket, field="metadata:collected-at"))
+    monkeypatch.setenv("RETENTION_PSEUDONYM_KEY", PSEUDONYM_KEY)
+    config = load_config(box.root / "retention.toml")
+    report = coordinator.run(with_executor(config, dask_address), Environment(), NOW, lambda: NOW)
+    assert 0 == report.exit_code, report.to_json()
+    assert [(64, 64)] == [(rule.matched, rule.changed) for rule in report.rules]
+    assert ["uploads/p00/fresh"] == box.keys()
+    events = _events(report)
+    assert len([e for e in events if e["event"] == "rule_started"]) >= 2
+    assert 2 == len({e["worker"] for e in events if e["event"] == "batch_applied"})
+    assert 0 == box.cli("audit", "verify").exit_code

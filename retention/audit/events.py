@@ -95,7 +95,7 @@ class RunStarted(AuditEvent):
 @dataclass(frozen=True)
 class RuleStarted(AuditEvent):
     event: ClassVar[str] = "rule_started"
-    optional: ClassVar[frozenset[str]] = frozenset({"request", "reason"})
+    optional: ClassVar[frozenset[str]] = frozenset({"request", "reason", "shard"})
     rule: str
     connector: str
     target: str
@@ -104,6 +104,7 @@ class RuleStarted(AuditEvent):
     holds: list[str]
     request: str | None = None
     reason: str | None = None
+    shard: str | None = None  # "2/8": this part of the rule's records (its thresholds were judged whole)
 
 
 @dataclass(frozen=True)
