@@ -195,7 +195,7 @@ class MongoConnector(ConnectorDefaults):
         return f"db.{selection.target}.updateMany({matched!r}, {pipeline(action, {})!r})"
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
-              id_key: bytes | None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
+              id_key: bytes | None, should_stop: Callable[..., bool] = lambda wait=True: False) -> Iterator[Batch]:
         """Batch by batch: the next candidates in `_id` order (or the indexed age field's), then one write over
         their range with the whole predicate (see `connectors.mongodb_batches`). Each batch reads the registry
         again for its clients."""

@@ -59,7 +59,7 @@ class PostgresConnector(SqlConnector):
         return shown
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int, id_key: bytes | None,
-              should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
+              should_stop: Callable[..., bool] = lambda wait=True: False) -> Iterator[Batch]:
         """Wholly expired partitions first (when asked for), then the rest of the records batch by batch."""
         remaining = limit
         if pg_partitions.wanted(selection) and action.kind == "delete":

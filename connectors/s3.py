@@ -196,7 +196,7 @@ class S3Connector(S3Judging, ConnectorDefaults):
                 f"a fresh listing shows them unchanged since the count), {IN_FLIGHT} calls in flight")
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
-              id_key: bytes | None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
+              id_key: bytes | None, should_stop: Callable[..., bool] = lambda wait=True: False) -> Iterator[Batch]:
         """Delete matched records, at most `limit`: those the count of this selection kept, each still matching,
         else as the listing streams by. Per-key errors fail the rule."""
         bucket = selection.target

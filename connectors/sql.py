@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -270,7 +271,7 @@ class SqlConnector(ConnectorDefaults):
         return str(compiled).replace("\n", " ")
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
-              id_key: bytes | None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[Batch]:
+              id_key: bytes | None, should_stop: Callable[..., bool] = lambda wait=True: False) -> Iterator[Batch]:
         """Batches of the whole predicate; a batch the store refuses is split until the refused records stand alone.
 
         A refused record (a foreign key from a newer row, a trigger, a check) is counted as blocked and left out of
@@ -279,8 +280,10 @@ class SqlConnector(ConnectorDefaults):
 
         Where records are named (`id_key`) and the database allows it, the next batch runs on a second connection
         while this one is named and recorded: hashing a batch costs Python about as long as the batch costs the
-        database. `should_stop()` is still asked before each batch starts, and every batch committed is yielded,
-        whatever happens between two batches; only a crash can leave two batches unrecorded instead of one.
+        database. That happens only when the next batch may start without waiting (`should_stop(wait=False)`: no
+        stop asked for, no replica lagging); otherwise this batch is yielded (recorded) first, then the run waits or
+        stops. Every batch committed is yielded, whatever happens between two batches; only a crash can leave two
+        batches unrecorded instead of one.
         """
         remaining = limit
         hasher = KeyedHasher(id_key) if id_key else None
@@ -288,10 +291,11 @@ class SqlConnector(ConnectorDefaults):
         spent = [0]
         built: tuple[tuple[int, int], Delete | Update] | None = None  # kept while size and exclusions hold
 
-        def start() -> Future[tuple[int, Sequence[Sequence[Any]]]] | None:
-            """The next batch under way, or None when nothing is left or a stop was asked for."""
+        def start(asked: bool = False) -> Future[tuple[int, Sequence[Sequence[Any]]]] | None:
+            """The next batch under way, or None when nothing is left or a stop was asked for (`asked`: the caller
+            has just asked, without waiting, and may go on)."""
             nonlocal built
-            if remaining <= 0 or should_stop():
+            if remaining <= 0 or (not asked and should_stop()):
                 return None
             size = min(batch_size, remaining)
             if built is None or built[0] != (size, len(excluded)):
@@ -318,14 +322,15 @@ class SqlConnector(ConnectorDefaults):
                     if not count:
                         return
                     remaining -= count
-                    if not overlapping:
+                    go_on = False
+                    try:  # may the next batch start right now, no stop asked for and no replica to wait for?
+                        go_on = overlapping and remaining > 0 and not should_stop(wait=False)
+                        if go_on:
+                            pending = start(asked=True)  # runs while this batch is named and recorded
+                    finally:  # even when asking failed: this batch is committed, so it is recorded
                         yield _named(count, keys, hasher)
+                    if not go_on:  # recorded first; then the wait, the stop, or the next batch
                         pending = start()
-                        continue
-                    try:
-                        pending = start()  # runs while this batch is named and recorded
-                    finally:  # even when asking to go on failed: this batch is committed, so it is recorded
-                        yield _named(count, keys, hasher)
             finally:
                 _unrecorded(pending)
 
@@ -446,8 +451,8 @@ class _BatchRunner:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="retention-batch") if overlapping else None
 
     def submit(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
-        if self._pool is not None:
-            return self._pool.submit(work, *args)
+        if self._pool is not None:  # in a copy of this context: its log lines name the run and the rule
+            return self._pool.submit(contextvars.copy_context().run, work, *args)
         done: Future[Any] = Future()
         try:
             done.set_result(work(*args))

@@ -57,12 +57,14 @@ class Connector(Protocol):
         ...
 
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
-              id_key: bytes | None, should_stop: Callable[[], bool] = ...) -> Iterator[Batch]:
+              id_key: bytes | None, should_stop: Callable[..., bool] = ...) -> Iterator[Batch]:
         """Change at most `limit` selected records, one committed batch at a time, re-checking the predicate.
 
         With `id_key`, each Batch also names its records by keyed hash. `should_stop()` is asked before each new
         batch starts, and only while records are left to change (the run may wait in it, for lagging replicas);
-        once it is true no new batch starts, and batches already under way finish and are yielded.
+        once it is true no new batch starts, and batches already under way finish and are yielded. A store that
+        starts a batch before it has yielded the one before may ask `should_stop(wait=False)`, which never waits:
+        true means "not now" (a stop, or replicas to wait for), and it must then yield first and ask again.
         """
         ...
 

@@ -127,9 +127,15 @@ def _record_lanes(outcomes: queue.Queue[Message], running: int, executor: Execut
     failure: BaseException | None = None
     item: Outcome | LaneDone | LaneFailed | None = None
     recorded: threading.Event | None = None
+    interrupted = False
     try:
         while running:
-            unit, item, recorded = outcomes.get()
+            try:
+                unit, item, recorded = outcomes.get()
+            except KeyboardInterrupt:  # Ctrl-C in this thread: a stop request, as SIGTERM is; recording goes on
+                executor.pace.stop()
+                interrupted, recorded = True, None
+                continue
             if isinstance(item, LaneDone):
                 running -= 1
             elif isinstance(item, LaneFailed):
@@ -140,7 +146,7 @@ def _record_lanes(outcomes: queue.Queue[Message], running: int, executor: Execut
                 record(unit, item)
                 recorded.set()
     except BaseException:
-        executor.pace.abort()
+        executor.pace.stop()
         if recorded is not None and not recorded.is_set():  # the outcome being recorded: its lane goes on, to stop
             recorded.set()
             _drain(outcomes, running, item.count if isinstance(item, Applied) else 0)
@@ -149,6 +155,8 @@ def _record_lanes(outcomes: queue.Queue[Message], running: int, executor: Execut
         raise
     if failure is not None:
         raise failure
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _drain(outcomes: queue.Queue[Message], running: int, unrecorded: int) -> None:

@@ -137,16 +137,22 @@ class Executor:
     def should_stop(self) -> bool:
         return self.pace.should_stop()
 
-    def _between_batches(self, store: object) -> Callable[[], bool]:
+    def _between_batches(self, store: object) -> Callable[..., bool]:
         """What a store asks before each batch: stop now? Before all but the first, it waits while the store's
-        replicas lag: no new batch starts meanwhile, and a batch the store committed is recorded whatever this does)."""
+        replicas lag (no new batch starts meanwhile). With `wait=False` it never waits: true means "not now", and a
+        store that asks so records the batch it has committed before it asks again, waiting."""
         first = True
 
-        def should_stop() -> bool:
+        def should_stop(wait: bool = True) -> bool:
             nonlocal first
-            if not first:
-                self.pace.before_next_batch(store)
-            first = False
+            if self.should_stop():
+                return True
+            if first:
+                first = False
+                return False
+            if not wait:
+                return self.pace.must_wait(store)
+            self.pace.before_next_batch(store)
             return self.should_stop()
 
         return should_stop

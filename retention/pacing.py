@@ -32,12 +32,12 @@ class Pace:
         self._deadline = clock() + budget if budget else None
         self._max_lag = max_lag.total_seconds() if max_lag else None
         self.out_of_time = False  # the budget ended the run
-        self._aborted = threading.Event()  # the coordinator can no longer record: every lane stops
+        self._aborted = threading.Event()  # the coordinator stopped the run: every lane stops
         self.paused_seconds = 0.0  # waited for replicas, over the whole run (lanes may wait side by side)
         self._paused_lock = threading.Lock()
 
-    def abort(self) -> None:
-        """Stop every lane between batches: what they would change could no longer be recorded."""
+    def stop(self) -> None:
+        """Stop every lane between batches: Ctrl-C reached the coordinator, or its recording failed."""
         self._aborted.set()
 
     def should_stop(self) -> bool:
@@ -56,6 +56,13 @@ class Pace:
         if self.out_of_time:
             return f"max_duration ({self._budget}) reached: the rest waits for the next run"
         return "interrupted; the batch in flight was committed or rolled back whole"
+
+    def must_wait(self, store: object) -> bool:
+        """Whether the next batch would have to wait for the store's replicas now (one look; no waiting)."""
+        if self._max_lag is None or not isinstance(store, ReplicaLag):
+            return False
+        lag = _lag(store)
+        return lag is not None and lag > self._max_lag
 
     def before_next_batch(self, store: object) -> None:
         """Wait while the store's slowest replica lags more than allowed; a stop or the deadline ends the wait."""

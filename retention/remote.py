@@ -18,12 +18,13 @@ its batches re-check their predicate, so nothing is changed twice, and the log s
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
@@ -61,7 +62,9 @@ OUTCOMES: dict[str, type[Outcome]] = {kind.__name__: kind for kind in (Started, 
                                                                          Failed)}
 REPORTED = ("total", "matched", "held", "unknown_age", "changed", "blocked", "status", "error", "statement",
             "duration_ms", "remaining", "held_by")  # what a worker's report tells the coordinator's
+UNREACHABLE = 10.0  # seconds without the scheduler before the run takes it for lost
 DONE, INTERRUPTED, ORPHANED = "done", "interrupted", "orphaned"
+ENDED = -1  # the acknowledgement that tells a new attempt its unit is already recorded as ended
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class RemoteUnit:
     outcomes: str  # the run's Dask queue
     stop: str  # the run's Dask event
     fingerprint: str  # of the keys the coordinator derived
+    run_id: str  # for the worker's log lines
 
 
 # -- the wire: outcomes and report counts as plain data ------------------------------------------------------------
@@ -102,7 +106,8 @@ def restore(report: RuleReport, counts: dict[str, Any], carried: tuple[int, int]
     for name in REPORTED:
         value = counts[name]
         setattr(report, name, tuple(value) if isinstance(value, list) else value)
-    report.changed += carried[0]
+    report.changed += carried[0]  # what attempts lost with their workers changed: matched then, so matched now
+    report.matched += carried[0]
     report.blocked += carried[1]
 
 
@@ -119,18 +124,24 @@ def run_unit(task: RemoteUnit) -> str:
     outcomes: Any = Queue(task.outcomes, client=client)
     acks: Any = Queue(f"{task.outcomes}-ack-{attempt}", client=client)
     stop: Any = Event(task.stop, client=client)
+    if stop.is_set():  # the run was stopped before this unit's turn came: it never starts
+        return INTERRUPTED
+    structlog.contextvars.bind_contextvars(run_id=task.run_id)
     report = report_for(task.work)
     try:
         for seq, outcome in enumerate(_execute_here(task, worker, report, stop.is_set)):
             outcomes.put({"unit": task.index, "attempt": attempt, "worker": worker, "seq": seq,
                           "outcome": encode(outcome), "report": snapshot(report)})
-            acks.get(timeout=ACK_TIMEOUT)
+            if acks.get(timeout=ACK_TIMEOUT) == ENDED:
+                break  # the unit ended already (its last worker died after): nothing changed, nothing to do
     except Interrupted:
         return INTERRUPTED
     except TimeoutError:
         log.error("coordinator_lost", rule=task.work.rule.name, detail="no outcome recorded within "
                   f"{ACK_TIMEOUT:.0f} s: this worker stops, its last batch unrecorded")
         return ORPHANED
+    finally:
+        structlog.contextvars.unbind_contextvars("run_id")
     return DONE
 
 
@@ -181,7 +192,7 @@ class DaskLanes:
         # the workers need to know whether record ids are hashed, never where the signing key is
         self.config = replace(config, audit=replace(config.audit, signing_key=None, worm=None)) if config.audit \
             else config
-        self.run_id, self.fingerprint = run_id, key_fingerprint
+        self.run_id, self.fingerprint, self.address = run_id, key_fingerprint, address
         self.outcomes_name, self.stop_name = f"retention-{run_id}", f"retention-{run_id}-stop"
         self.outcomes: Any = Queue(self.outcomes_name, client=self.client)
         self.stop: Any = Event(self.stop_name, client=self.client)
@@ -196,38 +207,69 @@ class DaskLanes:
         return max(1, sum(int(worker.get("nthreads", 1)) for worker in workers))
 
     def run(self, units: Sequence[Unit], executor: Executor, record: Record) -> None:
+        """Submit every unit; record what comes back until each task has ended (or, after a stop, never started)."""
         self._calls += 1
-        futures: dict[Any, int] = {self.client.submit(
+        pending: dict[Any, int] = {self.client.submit(
             run_unit, RemoteUnit(index, _keyless(unit.work), self.config, executor.dry_run, self.outcomes_name,
-                                 self.stop_name, self.fingerprint),
+                                 self.stop_name, self.fingerprint, self.run_id),
             key=f"retention-{self.run_id}-{self._calls}-{index}", pure=False): index
             for index, unit in enumerate(units)}
         session = _Session(units, record, self._queue_type, self.client, self.outcomes_name)
-        pending = set(futures)
-        try:
-            while pending:
-                if executor.should_stop() and not self.stop.is_set():
-                    self.stop.set()  # every worker stops between batches
+        ended: dict[int, str | BaseException] = {}  # unit -> its task's result, or what failed it
+        stopping, interrupted, unreachable_since = False, False, None
+        while pending:
+            try:
+                if not stopping and (executor.should_stop() or session.failure is not None):
+                    stopping = True
+                    executor.pace.stop()
+                    self.stop.set()  # every worker stops between batches; queued units never start
                 try:
                     message = self.outcomes.get(timeout=POLL)
                 except TimeoutError:
                     message = None
                 if message is not None:
                     session.receive(message)
-                pending = {future for future in pending if not future.done()}
-        except BaseException:
-            self.stop.set()
-            raise
+                unreachable_since = self._reachable(unreachable_since)
+                for future in [future for future in pending if future.done()]:
+                    index = pending.pop(future)
+                    ended[index] = future.exception() or future.result() if future.status != "cancelled" \
+                        else INTERRUPTED
+                    future.release()  # a result kept is one Dask would compute again if its worker died
+                if stopping:
+                    self._cancel_queued(pending, ended)
+            except KeyboardInterrupt:  # Ctrl-C here: a stop request, as SIGTERM is; recording goes on
+                interrupted = stopping = True
+                executor.pace.stop()
+                self.stop.set()
+            except Exception as exc:  # recording never raises here (session keeps its failure): Dask does
+                lost = ConnectorError(f"lost the Dask scheduler at {self.address} ({type(exc).__name__})")
+                for index in pending.values():  # the units under way end here, in the log
+                    session.unit_failed(index, lost)
+                raise lost from None
         if session.failure is not None:
             raise session.failure
-        interrupted = False
-        for future, index in futures.items():
-            if future.status == "error":
-                session.unit_failed(index, future.exception())
-            else:
-                interrupted |= future.result() == INTERRUPTED
+        for index, result in ended.items():
+            if isinstance(result, BaseException):
+                session.unit_failed(index, result)
+            interrupted |= result == INTERRUPTED
         if interrupted:
             raise Interrupted
+
+    def _reachable(self, since: float | None) -> float | None:
+        """None while the client is connected; after UNREACHABLE seconds without the scheduler, TimeoutError."""
+        if self.client.status == "running":
+            return None
+        since = since or time.monotonic()
+        if time.monotonic() - since > UNREACHABLE:
+            raise TimeoutError(f"no answer for {UNREACHABLE:.0f} s")
+        return since
+
+    def _cancel_queued(self, pending: dict[Any, int], ended: dict[int, str | BaseException]) -> None:
+        """After a stop: units no worker has taken up yet are cancelled (a worker that has one starts nothing)."""
+        taken = {key for keys in self.client.processing().values() for key in keys}
+        for future in [future for future in pending if future.key not in taken]:
+            future.cancel()
+            ended[pending.pop(future)] = INTERRUPTED
 
 
 @dataclass
@@ -254,21 +296,27 @@ class _Session:
         self.lost: dict[int, _Lost] = {}
         self.failure: BaseException | None = None  # recording failed: the rest is acknowledged, not recorded
         self.unrecorded = 0
+        self._acks: dict[str, Any] = {}  # per attempt, the queue its worker waits on
 
     def receive(self, message: dict[str, Any]) -> None:
         index, attempt, worker = message["unit"], message["attempt"], message["worker"]
         unit, outcome = self.units[index], decode(message["outcome"])
+        recorded, answer = False, message["seq"]
         try:
-            if self.failure is None:
+            if index in self.ended and self.attempts.get(index, (attempt,))[0] != attempt \
+                    and isinstance(outcome, Started):
+                answer = ENDED  # Dask ran it again after its worker died, though its end is recorded: stop it
+            elif self.failure is None:
                 self._record(index, unit, attempt, worker, outcome, message["report"])
-            elif isinstance(outcome, Applied):
-                self.unrecorded += outcome.count
-        except BaseException as exc:
+                recorded = True
+        except BaseException as exc:  # Ctrl-C half way through a line included: the log is no longer whole
             self.failure = exc
-            if isinstance(outcome, Applied):
-                self.unrecorded += outcome.count
         finally:  # the worker goes on (and, after a recording failure, stops at its next batch)
-            self._queue_type(f"{self._outcomes}-ack-{attempt}", client=self._client).put(message["seq"])
+            if not recorded and isinstance(outcome, Applied):
+                self.unrecorded += outcome.count
+            if attempt not in self._acks:
+                self._acks[attempt] = self._queue_type(f"{self._outcomes}-ack-{attempt}", client=self._client)
+            self._acks[attempt].put(answer)
         if self.failure is not None and self.unrecorded:
             log.error("batch_unrecorded", count=self.unrecorded,
                       detail="committed after the run stopped recording; the audit log of this run lacks it")
@@ -289,8 +337,8 @@ class _Session:
             if isinstance(outcome, Started):
                 self.lost[index].started = outcome  # recorded once this attempt has counted
                 return
-            self._record_loss(index, unit, counts["matched"] if isinstance(outcome, Applied | Skipped | Finished)
-                              else None)
+            self._record_loss(index, unit, counts["matched"] if isinstance(outcome, Applied | Skipped | HeldIds |
+                                                                           Finished) else None)
         restore(unit.report, counts, self.carried.get(index, (0, 0)))
         unit.started = True
         self.record(unit, outcome)
@@ -346,7 +394,17 @@ def _refuse_literal_secrets(config: Config) -> None:
                           source=str(config.path), key="secrets.pseudonym_key")
     for name, connector in config.connectors.items():
         for option, value in connector.options.items():
-            if isinstance(value, str) and "://" in value and urlsplit(value).password:
+            if isinstance(value, str) and "://" in value and _holds_secret(value):
                 raise ConfigError("holds a password; with a Dask executor the config travels to the workers: "
                                   "write the URL as ${NAME} and set NAME where the workers run",
                                   source=str(config.path), key=f"connectors.{name}.{option}")
+
+
+SECRET_PARAMETERS = ("pass", "secret", "token", "key", "credential")  # parts of query parameter names
+
+
+def _holds_secret(url: str) -> bool:
+    """A password in the user part, or a query parameter that may carry one (`password`, `sslpassword`, a token)."""
+    parts = urlsplit(url)
+    return bool(parts.password) or any(part in name.lower() for name in parse_qs(parts.query, keep_blank_values=True)
+                                       for part in SECRET_PARAMETERS)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import getpass
-import hashlib
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -12,7 +12,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -183,7 +183,7 @@ class Recorder:
 
     audit: AuditWriter
     lanes: Lanes  # where the units run
-    _held: dict[int, tuple[int, Any]] = field(default_factory=dict)  # per unit: held ids named, their digest
+    _held: dict[int, HeldNames] = field(default_factory=dict)  # per unit that started
 
     def units(self, executor: Executor, works: Sequence[RuleWork], reports: list[RuleReport]) -> None:
         """Run `works`, appending the report of each unit that started to `reports`, in the units' order."""
@@ -199,7 +199,8 @@ class Recorder:
     def record(self, unit: Unit, outcome: Outcome) -> None:
         rule, work, report, audit = unit.work.rule, unit.work, unit.report, self.audit
         if isinstance(outcome, Started):
-            self._held[id(unit)] = (0, hashlib.sha256())
+            self._forget(unit)
+            self._held[id(unit)] = HeldNames()
             shard = work.selection.shard
             audit.event(RuleStarted(rule.name, rule.connector, rule.target, work.action.kind, outcome.cutoff,
                                     list(outcome.holds), work.request, work.reason, shard.label if shard else None))
@@ -211,19 +212,53 @@ class Recorder:
             audit.event(BatchApplied(rule.name, work.action.kind, outcome.count, work.request, digest,
                                      outcome.partition, outcome.worker))
         elif isinstance(outcome, HeldIds):
-            held, digest = self._held[id(unit)]
-            self._held[id(unit)] = (held + audit.record_ids("held", rule.name, outcome.ids, into=digest.update)[0],
-                                    digest)
+            self._held[id(unit)].add(outcome.ids)
         elif isinstance(outcome, Finished):
-            held, digest = self._held.pop(id(unit))
+            held, digest = None, None
+            if audit.hashed_ids:  # written now, right before the event that accounts for them
+                held, digest = audit.record_ids("held", rule.name, self._held[id(unit)].names())
+            self._forget(unit)
             audit.event(RuleFinished(
                 rule.name, report.total, report.matched, report.changed, report.held, report.blocked,
-                report.unknown_age, report.duration_ms, work.request, report.remaining,
-                held if audit.hashed_ids else None, digest.hexdigest() if audit.hashed_ids else None))
+                report.unknown_age, report.duration_ms, work.request, report.remaining, held, digest))
         else:
-            self._held.pop(id(unit), None)
+            self._forget(unit)
             audit.event(RuleFailed(report.name, outcome.error_class, outcome.message, report.changed,
                                    report.blocked, work.request))
+
+    def _forget(self, unit: Unit) -> None:
+        names = self._held.pop(id(unit), None)
+        if names is not None:
+            names.close()
+
+
+class HeldNames:
+    """A unit's held records' names, kept aside (in an anonymous file: memory stays flat) until its rule_finished.
+
+    Written to the sidecar as they came, other lanes' batches would fall between them and the event that accounts
+    for them, and `audit verify` reads each event's lines in order.
+    """
+
+    def __init__(self) -> None:
+        self._file: IO[bytes] | None = None
+
+    def add(self, names: Sequence[str]) -> None:
+        if names:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="retention-held-")  # noqa: SIM115 - closed by close()
+            self._file.write(("\n".join(names) + "\n").encode("ascii"))
+
+    def names(self) -> Iterator[str]:
+        if self._file is None:
+            return
+        self._file.seek(0)
+        for line in self._file:
+            yield line.decode("ascii").rstrip("\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 @contextmanager

@@ -47,6 +47,8 @@ def test_committed_batches_are_reported_when_the_step_between_batches_fails(
         raise RuntimeError("replica lag probe failed")
 
     monkeypatch.setattr(Pace, "before_next_batch", failing)
+
+    monkeypatch.setattr(Pace, "must_wait", lambda self, store: True)  # replicas lag: every pause is taken
     report = coordinator.run(load_config(box.config), Environment(), NOW, lambda: NOW)
     deleted = 11 - pg_store.scalar("SELECT count(*) FROM cookie_events")
     sidecar = Path(str(report.audit_file).replace(".jsonl", ".ids"))
@@ -87,6 +89,8 @@ def test_the_pause_between_batches_comes_before_the_next_batch_starts(
         seen.append(11 - pg_store.scalar("SELECT count(*) FROM cookie_events"))
 
     monkeypatch.setattr(Pace, "before_next_batch", pause)
+
+    monkeypatch.setattr(Pace, "must_wait", lambda self, store: True)  # replicas lag: every pause is taken
     report = coordinator.run(load_config(box.config), Environment(), NOW, lambda: NOW)
     assert [2, 4, 6, 8] == seen  # deleted before each pause: never a batch ahead of it
     sidecar = Path(str(report.audit_file).replace(".jsonl", ".ids"))
@@ -103,6 +107,8 @@ def test_a_stop_asked_for_while_a_batch_is_named_ends_the_rule_with_every_change
         pauses[0] += 1
 
     monkeypatch.setattr(Pace, "before_next_batch", pause)
+
+    monkeypatch.setattr(Pace, "must_wait", lambda self, store: True)  # replicas lag: every pause is taken
     report = coordinator.run(load_config(box.config), Environment(), NOW, lambda: NOW,
                              should_stop=lambda: pauses[0] >= 2)
     deleted = 11 - pg_store.scalar("SELECT count(*) FROM cookie_events")

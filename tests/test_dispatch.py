@@ -63,6 +63,8 @@ def _run_watching_lanes(box: Sandbox, monkeypatch: pytest.MonkeyPatch, executor:
             in_vain.append(type(store).__name__)
 
     monkeypatch.setattr(Pace, "before_next_batch", pause)
+
+    monkeypatch.setattr(Pace, "must_wait", lambda self, store: True)  # replicas lag: every pause is taken
     monkeypatch.setattr(coordinator, "split", lambda units, *_: list(units))  # lanes here; shards: test_sharding
     config = load_config(box.config)
     report = coordinator.run(with_executor(config, executor) if executor else config, Environment(), NOW,
@@ -179,6 +181,7 @@ def test_two_rules_on_one_s3_connector_side_by_side_keep_their_own_counts(
 
     monkeypatch.setattr(S3Connector, "count", count)
     monkeypatch.setattr(Pace, "before_next_batch", pause)
+    monkeypatch.setattr(Pace, "must_wait", lambda self, store: True)  # replicas lag: every pause is taken
     monkeypatch.setenv("RETENTION_PSEUDONYM_KEY", "k" * 32)
     report = coordinator.run(load_config(config), Environment(), NOW, lambda: NOW)
     assert 0 == report.exit_code, report.to_json()

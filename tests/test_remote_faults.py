@@ -1,4 +1,4 @@
-"""Review: breaks in the Dask executor (retention/remote.py), on the suite's real scheduler and workers."""
+"""The Dask executor (retention/remote.py) under faults, on real schedulers and workers (from an adversarial review)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,15 @@ from tests.stores import PostgresStore
 from tests.test_remote import TABLES, _box, _events, _left, _run
 
 
-def test_review_a_recording_failure_stops_the_dask_workers(
+@pytest.fixture(autouse=True)
+def whole_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Units, not shards, are this file's subject: each rule runs as one unit (tests/test_sharding.py splits them)."""
+    from retention import run as coordinator
+
+    monkeypatch.setattr(coordinator, "split", lambda units, *_: list(units))
+
+
+def test_a_recording_failure_stops_the_dask_workers(
         tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch, dask_address: str) -> None:
     """The audit log fails (disk full) on the second batch. Locally the lanes are aborted (Pace.abort) and stop at
     their next batch; on Dask nothing tells the workers: the coordinator acknowledges every outcome unrecorded, so
@@ -53,7 +61,7 @@ def test_review_a_recording_failure_stops_the_dask_workers(
     "postgresql://postgres@{host}/{db}?password=hunter2",  # libpq takes the password as a URI parameter too
     "postgresql://postgres@{host}/{db}?sslpassword=hunter2",
 ])
-def test_review_a_password_in_the_url_query_never_travels_to_the_workers(
+def test_a_password_in_the_url_query_never_travels_to_the_workers(
         tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch, secret_url: str) -> None:
     """_refuse_literal_secrets only looks at the URL's user-info: the same password as a query parameter (which
     libpq and psycopg accept) is not refused, and would travel in every task's arguments through the scheduler."""
@@ -73,7 +81,7 @@ def _watch(box: Any) -> list[dict[str, Any]]:
     return events
 
 
-def test_review_a_finished_unit_is_not_run_again_when_its_worker_dies_later(
+def test_a_finished_unit_is_not_run_again_when_its_worker_dies_later(
         tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker finishes a unit, starts another, and dies. Dask keeps a finished task's result on its worker; the
     coordinator still holds the future, so Dask computes the finished unit again. That second attempt is recorded as
@@ -126,7 +134,7 @@ def test_review_a_finished_unit_is_not_run_again_when_its_worker_dies_later(
     assert {rule: 1 for rule in starts} == finishes, finishes
 
 
-def test_review_a_unit_run_again_after_a_lost_worker_reports_what_it_matched(
+def test_a_unit_run_again_after_a_lost_worker_reports_what_it_matched(
         tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """The scenario of test_killing_a_worker_mid_unit_loses_nothing: the unit's report takes `matched` from the
     second attempt's count (what was left) but `changed` from both attempts, so a rule reports, and its
@@ -155,7 +163,7 @@ def test_review_a_unit_run_again_after_a_lost_worker_reports_what_it_matched(
         [(e.get("rule", "run"), e["matched"], e["changed"]) for e in finished]
 
 
-def test_review_a_scheduler_lost_mid_run_leaves_no_unit_reported_ok_that_never_ended(
+def test_a_scheduler_lost_mid_run_leaves_no_unit_reported_ok_that_never_ended(
         tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """The scheduler dies after the first batch. The coordinator does not hang and signs a failed log, but the unit
     in flight, whose end no log line records, is reported `ok` (the worker's last snapshot, taken mid-unit), and the
@@ -193,7 +201,7 @@ def test_review_a_scheduler_lost_mid_run_leaves_no_unit_reported_ok_that_never_e
     assert any("Dask scheduler" in error for error in report.errors), report.errors
 
 
-def test_review_after_a_stop_no_queued_unit_starts_on_dask(
+def test_after_a_stop_no_queued_unit_starts_on_dask(
         tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch, dask_address: str) -> None:
     """SIGTERM 'starts no other' unit (README; a local lane checks the stop before each unit). On Dask the stop is
     only checked between batches: every unit still queued when the stop came starts anyway on a free worker,
@@ -219,7 +227,7 @@ def test_review_after_a_stop_no_queued_unit_starts_on_dask(
         f"before it: {[e['rule'] for e in events if e['event'] == 'rule_started' and e['seq'] < asked[0]]}"
 
 
-def test_review_a_finished_unit_lost_with_its_worker_near_the_end_does_not_stall_the_run(
+def test_a_finished_unit_lost_with_its_worker_near_the_end_does_not_stall_the_run(
         tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two units: a short one on one worker, a long one on the other. The short one's worker dies after it finished.
     The coordinator dropped that future from `pending` when it first completed; Dask computes it again once the
@@ -278,7 +286,7 @@ max_fraction = 1.0
     assert 1 == sum(e["event"] == "rule_started" and e["rule"] == "cookies-0" for e in events)
 
 
-def test_review_workers_are_free_soon_after_the_coordinator_gives_up(
+def test_workers_are_free_soon_after_the_coordinator_gives_up(
         tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C in the coordinator's polling loop (run() handles KeyboardInterrupt; the seam raises it where a real
     Ctrl-C most often lands: the loop's check of the stop request). DaskLanes sets the stop event and leaves without
@@ -323,7 +331,7 @@ def test_review_workers_are_free_soon_after_the_coordinator_gives_up(
         "(-1: still busy after 30 s)"
 
 
-def test_review_a_stop_ends_a_run_whose_cluster_has_no_worker_left(
+def test_a_stop_ends_a_run_whose_cluster_has_no_worker_left(
         tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every worker gone (scaled to zero, OOM-killed, not yet started): the units wait for a worker forever, and the
     coordinator's loop ends only when every future is done, so not even SIGTERM (a stop request) ends the run: it

@@ -1,4 +1,4 @@
-"""Review: breaks in the lanes (retention/dispatch.py) and the recorder (retention/run.py)."""
+"""The lanes (retention/dispatch.py) and the recorder (retention/run.py) under faults (from an adversarial review)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def _events(path: Any) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(str(path)).read_text().splitlines()]
 
 
-def test_review_held_ids_of_one_lane_and_batches_of_another_keep_the_sidecar_verifiable(
+def test_held_ids_of_one_lane_and_batches_of_another_keep_the_sidecar_verifiable(
         tmp_path: Path, pg_store: PostgresStore, mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A unit's held ids are written to the sidecar when they arrive, but accounted for by its rule_finished line;
     a batch of another lane recorded in between puts its lines after the held ones while its event comes first,
@@ -102,7 +102,7 @@ def test_review_held_ids_of_one_lane_and_batches_of_another_keep_the_sidecar_ver
     assert 0 == result.exit_code, result.stdout + result.stderr
 
 
-def test_review_ctrl_c_in_the_coordinator_records_what_the_lanes_committed(
+def test_ctrl_c_in_the_coordinator_records_what_the_lanes_committed(
         tmp_path: Path, pg_store: PostgresStore, mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """run() handles KeyboardInterrupt (a caller without signal handlers: Ctrl-C lands in the coordinator's thread).
 
@@ -129,6 +129,8 @@ def test_review_ctrl_c_in_the_coordinator_records_what_the_lanes_committed(
             _wait_for(self.should_stop, 5)  # the run stops between batches
 
     monkeypatch.setattr(Pace, "before_next_batch", pause)
+
+    monkeypatch.setattr(Pace, "must_wait", lambda self, store: True)  # replicas lag: every pause is taken
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with structlog.testing.capture_logs() as logs:
@@ -147,7 +149,7 @@ def test_review_ctrl_c_in_the_coordinator_records_what_the_lanes_committed(
         f"{deleted} deleted, {recorded} in the log, {unrecorded} counted unrecorded; started {started}, ended {ended}"
 
 
-def test_review_a_retry_logged_by_the_batch_thread_names_its_run_and_rule(
+def test_a_retry_logged_by_the_batch_thread_names_its_run_and_rule(
         tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """README: `run_id`, `rule` and `connector` are bound to every event. With hashed ids on PostgreSQL each batch
     runs on `_BatchRunner`'s thread, which is started without the caller's context: a retry it logs (a lock wait
@@ -179,7 +181,7 @@ def test_review_a_retry_logged_by_the_batch_thread_names_its_run_and_rule(
         [" ".join(sorted(line)) for line in retries]
 
 
-def test_review_every_committed_batch_is_in_the_log_while_the_run_waits_for_replicas(
+def test_every_committed_batch_is_in_the_log_while_the_run_waits_for_replicas(
         tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """dispatch.py: "no batch starts before the one before it is in the log". With hashed ids on PostgreSQL the
     replica-lag pause (and the stop check) now runs inside `start()`, before the batch just committed is yielded:
@@ -202,6 +204,8 @@ def test_review_every_committed_batch_is_in_the_log_while_the_run_waits_for_repl
         seen.append((deleted, logged))
 
     monkeypatch.setattr(Pace, "before_next_batch", pause)
+
+    monkeypatch.setattr(Pace, "must_wait", lambda self, store: True)  # replicas lag: every pause is taken
     report = coordinator.run(load_config(box.config), Environment(), NOW, lambda: NOW)
     assert 0 == report.exit_code
     assert [(2, 2), (4, 4), (6, 6)] == seen, "(committed, in the log) at each pause"
