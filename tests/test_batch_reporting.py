@@ -5,19 +5,17 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog.testing
 
 from retention import run as coordinator
-from retention.audit.writer import AuditWriter
 from retention.config import load_config
 from retention.pacing import Pace
 from retention.settings import Environment
 from tests.conformance import COOKIE_RULE, add_cookies
 from tests.conftest import NOW
-from tests.helpers import Sandbox, make_sandbox
+from tests.helpers import Sandbox, fail_audit_at, make_sandbox
 from tests.stores import PostgresStore
 
 
@@ -122,16 +120,7 @@ def test_a_batch_committed_after_the_audit_failed_is_counted_in_the_log(
         tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """The audit failing while the next batch runs: that batch can reach no audit, so the log counts it."""
     box = _box(tmp_path, pg_store, monkeypatch, expired=10)
-    real = AuditWriter.record_ids
-    calls = [0]
-
-    def failing_second(self: AuditWriter, *args: Any, **kwargs: Any) -> tuple[int, str]:
-        calls[0] += 1
-        if calls[0] == 2:
-            raise OSError(28, "No space left on device")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(AuditWriter, "record_ids", failing_second)
+    fail_audit_at(monkeypatch, 2)
     with structlog.testing.capture_logs() as logs:
         report = coordinator.run(load_config(box.config), Environment(), NOW, lambda: NOW)
     assert ("failed", 1) == (report.status, report.exit_code)

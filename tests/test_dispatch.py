@@ -18,18 +18,8 @@ from retention.pacing import Pace
 from retention.settings import Environment
 from tests.conformance import COOKIE_RULE, add_cookies
 from tests.conftest import NOW
-from tests.helpers import Sandbox, make_sandbox
+from tests.helpers import SESSIONS_RULE, Sandbox, make_sandbox
 from tests.stores import MongoStore, PostgresStore
-
-SESSIONS_RULE = """
-[[rules]]
-name = "sessions"
-connector = "events"
-collection = "sessions"
-expire = { after = "24 months", field = "started_at" }
-action = "delete"
-max_fraction = 1.0
-"""
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,12 @@ from tests.stores import PostgresStore
 TABLES = 4  # one rule each: units enough for both workers
 
 
-def _box(tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch, expired: int,
+def _box(tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch, expired: int | Sequence[int],
          batch_size: int = 2) -> Sandbox:
-    """TABLES tables of cookies, `expired` rows expired in each (and one fresh), a delete rule per table."""
-    for n in range(TABLES):
+    """A table of cookies per entry of `expired` (TABLES of them for a number), that many rows expired in each (and
+    one fresh), a delete rule per table."""
+    per_table = [expired] * TABLES if isinstance(expired, int) else list(expired)
+    for n, expired in enumerate(per_table):
         pg_store.execute(f"CREATE TABLE cookies_{n} (id bigint PRIMARY KEY, collected_at timestamptz)")
         pg_store.execute(f"INSERT INTO cookies_{n} SELECT g, CAST(:now AS timestamptz) - "
                          "CASE WHEN g < :expired THEN interval '800 days' ELSE interval '1 day' END "
@@ -43,7 +46,7 @@ table = "cookies_{n}"
 expire = {{ after = "24 months", field = "collected_at" }}
 action = "delete"
 max_fraction = 1.0
-""" for n in range(TABLES)), clients=False)
+""" for n in range(len(per_table))), clients=False)
     text = box.config.read_text().replace("${APP_DATABASE_URL}", pg_store.url)  # the workers lack that variable
     box.config.write_text(text.replace("batch_size = 2\n", f"batch_size = {batch_size}\n"))
     for name, value in box.env().items():

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from retention.audit.writer import AuditWriter
 from retention.errors import ConfigError
 from retention.testing.sandbox import PSEUDONYM_KEY
+from tests.helpers import fail_audit_at
 from tests.servers import dask_cluster
 from tests.stores import PostgresStore
 from tests.test_remote import TABLES, _box, _events, _left, _run
@@ -36,16 +36,7 @@ def test_a_recording_failure_stops_the_dask_workers(
     their next batch; on Dask nothing tells the workers: the coordinator acknowledges every outcome unrecorded, so
     the workers go on deleting every expired record of every unit, none of it in any audit log."""
     box = _box(tmp_path, pg_store, monkeypatch, expired=100)
-    real = AuditWriter.record_ids
-    calls = [0]
-
-    def failing_second(self: AuditWriter, *args: Any, **kwargs: Any) -> tuple[int, str]:
-        calls[0] += 1
-        if calls[0] == 2:
-            raise OSError(28, "No space left on device")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(AuditWriter, "record_ids", failing_second)
+    fail_audit_at(monkeypatch, 2)
     with structlog.testing.capture_logs() as logs:
         report = _run(box, dask_address)
     assert ("failed", 1) == (report.status, report.exit_code)
@@ -234,30 +225,9 @@ def test_a_finished_unit_lost_with_its_worker_near_the_end_does_not_stall_the_ru
     other worker is free, by which time the coordinator has left its loop and waits in `future.result()` without
     reading the outcome queue, while the new attempt waits for the acknowledgement of its Started: both wait
     ACK_TIMEOUT (300 s), then the unit is recorded as started again and never ended."""
-    from retention.testing.sandbox import PSEUDONYM_KEY as KEY
-    from tests.conftest import NOW
-    from tests.helpers import make_sandbox
-
-    for n, expired in ((0, 4), (1, 400)):
-        pg_store.execute(f"CREATE TABLE cookies_{n} (id bigint PRIMARY KEY, collected_at timestamptz)")
-        pg_store.execute(f"INSERT INTO cookies_{n} SELECT g, CAST(:now AS timestamptz) - "
-                         "CASE WHEN g < :expired THEN interval '800 days' ELSE interval '1 day' END "
-                         "FROM generate_series(0, :expired) AS g", {"now": NOW, "expired": expired})
-    box = make_sandbox(tmp_path / "sandbox", pg_store)
-    box.write("".join(f"""
-[[rules]]
-name = "cookies-{n}"
-connector = "app"
-table = "cookies_{n}"
-expire = {{ after = "24 months", field = "collected_at" }}
-action = "delete"
-max_fraction = 1.0
-""" for n in range(2)), clients=False)
-    box.config.write_text(box.config.read_text().replace("${APP_DATABASE_URL}", pg_store.url))
-    for name, value in box.env().items():
-        monkeypatch.setenv(name, value)
+    box = _box(tmp_path, pg_store, monkeypatch, expired=(4, 400))
     outcome: dict[str, Any] = {}
-    with dask_cluster(2, env={"RETENTION_PSEUDONYM_KEY": KEY}) as cluster:
+    with dask_cluster(2, env={"RETENTION_PSEUDONYM_KEY": PSEUDONYM_KEY}) as cluster:
         victim: list[str] = []
 
         def kill_the_worker_of_the_short_unit_once_it_finished() -> None:

@@ -12,7 +12,7 @@ from retention import run as coordinator
 from retention.config import load_config, with_executor
 from retention.settings import Environment
 from tests.conftest import NOW
-from tests.helpers import Sandbox, make_sandbox
+from tests.helpers import SESSIONS_RULE, Sandbox, make_sandbox
 from tests.stores import PostgresStore
 
 RULE = """
@@ -139,15 +139,7 @@ def test_a_mongodb_rule_runs_as_shards_of_id_ranges(tmp_path: Path, pg_store: Po
     fresh = [{"_id": make_id(n), "started_at": NOW} for n in range(120, 140)]
     mongo_store.database["sessions"].insert_many(old + fresh)
     box = make_sandbox(tmp_path / "sandbox", pg_store)
-    box.write('''
-[[rules]]
-name = "sessions"
-connector = "events"
-collection = "sessions"
-expire = { after = "24 months", field = "started_at" }
-action = "delete"
-max_fraction = 1.0
-''', clients=False, extra=f'[connectors.events]\ntype = "mongodb"\nurl = "{mongo_store.url}"\n'
+    box.write(SESSIONS_RULE, clients=False, extra=f'[connectors.events]\ntype = "mongodb"\nurl = "{mongo_store.url}"\n'
                        f'database = "{mongo_store.database.name}"\n')
     box.config.write_text(box.config.read_text().replace(
         "batch_size = 2\n", 'batch_size = 10\nexecutor = "threads"\nworkers = 3\n'))
