@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-dask clean
 
 $(BIN)/retention: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(BIN)/retention lint  ## the whole suite; starts its own PostgreSQL serve
 bench: $(BIN)/retention  ## 2,000,000 rows on a throwaway PostgreSQL: the tool against hand-written SQL
 	scripts/ensure-postgres
 	$(BIN)/python bench/bench_postgres.py
+
+bench-dask: $(BIN)/retention  ## 200,000 S3 objects on SeaweedFS: serial, Dask with 1, 2, 4 workers, a hand-written parallel delete
+	$(BIN)/python bench/bench_dask.py
 
 clean:
 	rm -rf $(VENV) retention-demo var .pytest_cache .ruff_cache .mypy_cache
