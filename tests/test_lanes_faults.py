@@ -154,9 +154,20 @@ def test_a_retry_logged_by_the_batch_thread_names_its_run_and_rule(
     pg_store.execute(f'ALTER DATABASE "{database}" SET lock_timeout = \'200ms\'')
     box = make_sandbox(tmp_path / "sandbox", pg_store)
     box.write(COOKIE_RULE, clients=False)
-    holder = psycopg.connect(pg_store.url.replace("postgresql+psycopg://", "postgresql://"))
+    url = pg_store.url.replace("postgresql+psycopg://", "postgresql://")
+    holder = psycopg.connect(url)
     holder.execute("SELECT * FROM cookie_events WHERE id = 0 FOR UPDATE")  # a row lock the first batch meets
-    release = threading.Timer(0.6, holder.commit)
+
+    def release_once_a_batch_has_timed_out() -> None:  # not on a timer: a slow start must not miss the lock
+        with psycopg.connect(url, autocommit=True) as watcher:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not watcher.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:  # type: ignore[index]
+                time.sleep(0.02)
+        time.sleep(0.5)  # past lock_timeout (200 ms): the batch has failed once and is being retried
+        holder.commit()
+
+    release = threading.Thread(target=release_once_a_batch_has_timed_out)
     release.start()
     try:
         result = box.cli("run", "--now", "2026-11-29T03:00:00Z", "--format", "json")
