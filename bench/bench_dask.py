@@ -45,7 +45,7 @@ import psutil
 from botocore.config import Config as BotoConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.contenders import tool_in_process
+from bench.contenders import s3_config, tool_in_process
 from retention.audit import generate_keypair
 from retention.logs import configure
 from tests.servers import dask_cluster, seaweedfs_server
@@ -115,31 +115,7 @@ def hand_written(s3: Any, bucket: str, now: datetime) -> float:
 
 
 def write_config(url: str, bucket: str, work: Path, executor: str) -> Path:
-    config = work / f"{bucket}.toml"
-    config.write_text(f"""
-[job]
-state_dir = "{work}/state"
-executor = "{executor}"
-[audit]
-dir = "{work}/audit-{bucket}"
-signing_key = "{work}/private.pem"
-record_ids = "hashed"
-[secrets]
-pseudonym_key = "${{RETENTION_PSEUDONYM_KEY}}"
-[connectors.files]
-type = "s3"
-endpoint_url = "{url}"
-region = "us-east-1"
-[[rules]]
-name = "events"
-connector = "files"
-bucket = "{bucket}"
-prefix = "events/"
-expire = {{ after = "0 days" }}
-action = "delete"
-max_fraction = 1.0
-""")
-    return config
+    return s3_config(url, bucket, work, '{ after = "0 days" }', job=f'executor = "{executor}"')
 
 
 def the_tool(url: str, bucket: str, work: Path, executor: str, objects: int) -> Timing:

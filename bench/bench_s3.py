@@ -37,7 +37,7 @@ from typing import Any
 import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.contenders import tool_cli, tool_in_process
+from bench.contenders import s3_config, tool_cli, tool_in_process
 from bench.s3_synthetic import VirtualBucket, serving
 from retention.audit import generate_keypair
 from retention.logs import configure
@@ -150,30 +150,7 @@ def one_run(s3: object, url: str, work: Path, run: int, objects: int, rule: str)
 
 
 def rss_config(url: str, bucket: str, work: Path) -> Path:
-    config = work / f"{bucket}.toml"
-    config.write_text(f"""
-[job]
-state_dir = "{work}/state"
-[audit]
-dir = "{work}/audit-{bucket}"
-signing_key = "{work}/private.pem"
-record_ids = "hashed"
-[secrets]
-pseudonym_key = "${{RETENTION_PSEUDONYM_KEY}}"
-[connectors.files]
-type = "s3"
-endpoint_url = "{url}"
-region = "us-east-1"
-[[rules]]
-name = "events"
-connector = "files"
-bucket = "{bucket}"
-prefix = "events/"
-expire = {{ after = "24 months", field = "LastModified" }}
-action = "delete"
-max_fraction = 1.0
-""")
-    return config
+    return s3_config(url, bucket, work, '{ after = "24 months", field = "LastModified" }')
 
 
 def rss(sizes: list[int], work: Path) -> None:

@@ -60,3 +60,32 @@ def tool_cli(config: Path, now: datetime) -> tuple[float, float]:
         # without /proc (not Linux), the rusage figure: an upper bound
         peak_kb = int(report.read_text()) if report.exists() else usage.ru_maxrss
     return seconds, peak_kb / 1024
+
+
+def s3_config(url: str, bucket: str, work: Path, expire: str, job: str = "") -> Path:
+    """A config in `work` with one delete rule over `events/` of `bucket` (record ids hashed, no threshold)."""
+    config = work / f"{bucket}.toml"
+    config.write_text(f"""
+[job]
+state_dir = "{work}/state"
+{job}
+[audit]
+dir = "{work}/audit-{bucket}"
+signing_key = "{work}/private.pem"
+record_ids = "hashed"
+[secrets]
+pseudonym_key = "${{RETENTION_PSEUDONYM_KEY}}"
+[connectors.files]
+type = "s3"
+endpoint_url = "{url}"
+region = "us-east-1"
+[[rules]]
+name = "events"
+connector = "files"
+bucket = "{bucket}"
+prefix = "events/"
+expire = {expire}
+action = "delete"
+max_fraction = 1.0
+""")
+    return config
