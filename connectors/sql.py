@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar
 
-import structlog
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -36,11 +35,10 @@ from connectors.sql_errors import db_error, refused_by_a_record, transient
 from connectors.sql_predicates import predicates
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
+from retention.logs import batch_unrecorded
 from retention.model import Action, Batch, ClientRegistry, Counts, OptionValue, Selection
 from retention.retry import retrying
 from retention.transforms import KeyedHasher
-
-log = structlog.get_logger("retention")
 
 
 class SqlConnector(ConnectorDefaults):
@@ -478,5 +476,4 @@ def _unrecorded(pending: Future[tuple[int, Sequence[Sequence[Any]]]] | None) -> 
     except Exception:  # rolled back whole: nothing to record
         return
     if count:
-        log.error("batch_unrecorded", count=count,
-                  detail="committed after the run stopped recording; the audit log of this run lacks it")
+        batch_unrecorded(count)

@@ -22,15 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-import structlog
-
 from retention.config.model import SERIAL, THREADS
 from retention.execute import Applied, Executor, Interrupted, Outcome
+from retention.logs import batch_unrecorded
 from retention.progress import Silent
 from retention.report import RuleReport
 from retention.units import RuleWork
-
-log = structlog.get_logger("retention")
 
 DEFAULT_WORKERS = 4  # executor = "threads" without job.workers: the work is mostly waiting on stores
 
@@ -171,5 +168,4 @@ def _drain(outcomes: queue.Queue[Message], running: int, unrecorded: int) -> Non
         elif isinstance(item, Applied):
             unrecorded += item.count
     if unrecorded:
-        log.error("batch_unrecorded", count=unrecorded,
-                  detail="committed after the run stopped recording; the audit log of this run lacks it")
+        batch_unrecorded(unrecorded)

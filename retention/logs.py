@@ -43,3 +43,10 @@ def configure(log_format: str = "auto", verbosity: int = 0, secrets: Callable[[]
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def batch_unrecorded(count: int) -> None:
+    """Say how many records a batch committed after the run stopped recording changed: no audit log can hold them."""
+    structlog.get_logger("retention").error(
+        "batch_unrecorded", count=count,
+        detail="committed after the run stopped recording; the audit log of this run lacks it")

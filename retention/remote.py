@@ -44,6 +44,7 @@ from retention.execute import (
     report_for,
     starting,
 )
+from retention.logs import batch_unrecorded
 from retention.pacing import Pace
 from retention.progress import Silent
 from retention.redact import error_summary
@@ -232,8 +233,8 @@ class DaskLanes:
                 unreachable_since = self._reachable(unreachable_since)
                 for future in [future for future in pending if future.done()]:
                     index = pending.pop(future)
-                    ended[index] = future.exception() or future.result() if future.status != "cancelled" \
-                        else INTERRUPTED
+                    cancelled = future.status == "cancelled"
+                    ended[index] = INTERRUPTED if cancelled else future.exception() or future.result()
                     future.release()  # a result kept is one Dask would compute again if its worker died
                 if stopping:
                     self._cancel_queued(pending, ended)
@@ -280,7 +281,6 @@ class _Lost:
     matched: int  # what it counted
     own_changed: int  # what it changed in recorded batches
     carried: tuple[int, int]  # changed and blocked by the attempts before it and by it
-    ended: bool  # its Finished or Failed was recorded (it died after the unit ended)
     started: Started | None = None  # the next attempt's Started, recorded after the loss
 
 
@@ -318,21 +318,18 @@ class _Session:
                 self._acks[attempt] = self._queue_type(f"{self._outcomes}-ack-{attempt}", client=self._client)
             self._acks[attempt].put(answer)
         if self.failure is not None and self.unrecorded:
-            log.error("batch_unrecorded", count=self.unrecorded,
-                      detail="committed after the run stopped recording; the audit log of this run lacks it")
+            batch_unrecorded(self.unrecorded)
             self.unrecorded = 0
 
     def _record(self, index: int, unit: Unit, attempt: str, worker: str, outcome: Outcome,
                 counts: dict[str, Any]) -> None:
         previous = self.attempts.get(index)
         self.attempts[index] = (attempt, worker)
-        if previous is not None and previous[0] != attempt:  # Dask runs the unit again: the last worker was lost
-            if index not in self.lost:  # (an attempt lost before it counted anything adds nothing to know)
-                before = self.carried.get(index, (0, 0))
-                report = unit.report
-                self.lost[index] = _Lost(previous[1], report.matched, report.changed - before[0],
-                                         (report.changed, report.blocked), index in self.ended)
-            self.ended.discard(index)
+        # Dask runs the unit again: the last worker was lost (one lost before it counted adds nothing to know)
+        if previous is not None and previous[0] != attempt and index not in self.lost:
+            before, report = self.carried.get(index, (0, 0)), unit.report
+            self.lost[index] = _Lost(previous[1], report.matched, report.changed - before[0],
+                                     (report.changed, report.blocked))
         if index in self.lost:
             if isinstance(outcome, Started):
                 self.lost[index].started = outcome  # recorded once this attempt has counted
@@ -354,14 +351,13 @@ class _Session:
         lost = self.lost.pop(index)
         unseen = max(0, lost.matched - lost.own_changed - left) if left is not None else 0
         changed, blocked = lost.carried[0] + unseen, lost.carried[1]
-        if not lost.ended:
-            message = (f"the worker running this unit ({lost.worker}) was lost; the unit runs again on another "
-                       "worker, which checks every record again")
-            if unseen:
-                message += (f"; {unseen} records it changed after its last recorded batch are not named in this log "
-                            f"(it counted {lost.matched} and recorded {lost.own_changed}; {left} were left)")
-            unit.report.changed, unit.report.blocked = changed, blocked
-            self.record(unit, Failed("WorkerLost", message))
+        message = (f"the worker running this unit ({lost.worker}) was lost; the unit runs again on another "
+                   "worker, which checks every record again")
+        if unseen:
+            message += (f"; {unseen} records it changed after its last recorded batch are not named in this log "
+                        f"(it counted {lost.matched} and recorded {lost.own_changed}; {left} were left)")
+        unit.report.changed, unit.report.blocked = changed, blocked
+        self.record(unit, Failed("WorkerLost", message))
         self.carried[index] = (changed, blocked)
         if lost.started is not None:
             self.record(unit, lost.started)

@@ -6,7 +6,6 @@ import json
 import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -131,49 +130,3 @@ def test_run_executor_flag_refuses_a_wrong_value_before_anything_runs(two_stores
     assert 2 == result.exit_code
     assert "--executor: expected" in result.stderr
     assert 7 == mongo_store.database["sessions"].count_documents({})
-
-
-def test_two_rules_on_one_s3_connector_side_by_side_keep_their_own_counts(
-        tmp_path: Path, moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A connector's count keeps what it matched for its apply; a second rule counting meanwhile on another lane
-    must not take it away (past the memory bound it is a file that would be closed under the first rule)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import structlog
-
-    from connectors.s3 import S3Connector
-    from tests.test_s3 import OLD, RULE, S3Sandbox
-
-    box = S3Sandbox(tmp_path / "s3", moto_url)
-    keys = [f"uploads/{n:04d}" for n in range(1004)] + [f"other/{n}" for n in range(8)]  # past one 1,000-key read
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda key: box.put(key, collected_at=OLD), keys))
-    rule = RULE.format(bucket=box.bucket, field="metadata:collected-at")
-    box.write(rule + rule.replace('name = "uploads"', 'name = "other"').replace('"uploads/"', '"other/"'))
-    config = (box.root / "retention.toml")
-    config.write_text(config.read_text().replace("batch_size = 2\n", 'batch_size = 500\nexecutor = "threads"\n'))
-    monkeypatch.setattr(S3Connector, "memory_bound", 2)  # spill to the file after two records
-    uploads_applying, other_counted = threading.Event(), threading.Event()
-    real_count = S3Connector.count
-
-    def count(self: S3Connector, selection: Any) -> Any:  # "other" counts while "uploads" is deleting
-        if selection.scope.get("prefix") == "other/":
-            uploads_applying.wait(10)
-        counted = real_count(self, selection)
-        if selection.scope.get("prefix") == "other/":
-            other_counted.set()
-        return counted
-
-    def pause(self: Pace, store: object) -> None:  # "uploads" waits, mid-apply, until "other" has counted
-        if structlog.contextvars.get_contextvars().get("rule") == "uploads":
-            uploads_applying.set()
-            other_counted.wait(10)
-
-    monkeypatch.setattr(S3Connector, "count", count)
-    monkeypatch.setattr(Pace, "before_next_batch", pause)
-    monkeypatch.setattr(Pace, "must_wait", lambda self, store: True)  # replicas lag: every pause is taken
-    monkeypatch.setenv("RETENTION_PSEUDONYM_KEY", "k" * 32)
-    report = coordinator.run(load_config(config), Environment(), NOW, lambda: NOW)
-    assert 0 == report.exit_code, report.to_json()
-    assert [1004, 8] == [rule.changed for rule in report.rules]
-    assert [] == box.keys()
