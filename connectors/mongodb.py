@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
 from typing import Any, ClassVar
 
 import pymongo
@@ -32,6 +34,7 @@ from retention.model import (
     shards_between,
 )
 from retention.retry import retrying
+from retention.timeutil import stored_instant
 from retention.transforms import KeyedHasher, record_text
 
 SHARDABLE_IDS = (int, str, ObjectId)  # `_id` types a range of one type covers (never bool: True is no id)
@@ -143,9 +146,13 @@ class MongoConnector(ConnectorDefaults):
         try:
             estimate = collection.estimated_document_count()
             if estimate < LARGE:
-                return _count_in_one_pass(collection, filters)
-            classes = {name: 0 if f == NOTHING else collection.count_documents(f) for name, f in filters.items()}
-            return Counts(total=max(estimate, sum(classes.values())), **classes)
+                counts = _count_in_one_pass(collection, filters)
+            else:
+                classes = {name: 0 if f == NOTHING else collection.count_documents(f) for name, f in filters.items()}
+                counts = Counts(max(estimate, sum(classes.values())), classes["matched"], classes["held"],
+                                classes["unknown_age"])
+            return replace(counts, oldest=_oldest(collection, selection, filters["matched"])) if counts.matched \
+                else counts
         except PyMongoError as exc:
             raise ConnectorError(f"count failed: {_summary(exc)}") from None
 
@@ -253,6 +260,16 @@ def _count_in_one_pass(collection: Collection[dict[str, Any]], filters: dict[str
     row = next(iter(collection.aggregate([{"$facet": facets}])), {})
     counted = {name: (row.get(name) or [{"n": 0}])[0]["n"] for name in ("total", *filters)}
     return Counts(**counted)
+
+
+def _oldest(collection: Collection[dict[str, Any]], selection: Selection, matched: Filter) -> datetime | None:
+    """The earliest date among matched documents expired by age (a date bound matches dates only): one index probe."""
+    age = selection.age
+    if age is None or selection.erasure is not None:
+        return None
+    aged = all_of(matched, {age.field: {"$lt": age.cutoff}})
+    found = next(iter(collection.find(aged, {age.field: 1}).sort(age.field, 1).limit(1)), None)
+    return None if found is None else stored_instant(get_path(found, age.field))
 
 
 def _summary(error: PyMongoError) -> str:

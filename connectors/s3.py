@@ -35,6 +35,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar
 
 from connectors.s3_access import IN_FLIGHT
@@ -128,14 +129,18 @@ class S3Connector(S3Judging, ConnectorDefaults):
         self._release()
         tally = {"matched": 0, "held": 0, "unknown_age": 0, "kept": 0}
         records = RecordSpool(self.memory_bound)
+        cutoff = selection.age.cutoff if selection.age and selection.erasure is None else None
+        oldest: datetime | None = None
         try:
             for page in self._judged(selection):
-                for record, kind in page:
+                for record, kind, age in page:
                     if kind == "gone":
                         continue  # deleted between its listing and its reading: not there to count
                     tally[kind] += 1
                     if kind in ("matched", "held"):
                         records.append(kind, record)
+                    if kind == "matched" and cutoff and age and age < cutoff and (oldest is None or age < oldest):
+                        oldest = age
         except BaseException:
             records.close()  # a count cut short keeps nothing: an apply would list afresh
             raise
@@ -143,7 +148,7 @@ class S3Connector(S3Judging, ConnectorDefaults):
         with self._open_lock:
             self._open.add(records)
         return Counts(total=sum(tally.values()), matched=tally["matched"], held=tally["held"],
-                      unknown_age=tally["unknown_age"])
+                      unknown_age=tally["unknown_age"], oldest=oldest)
 
     def _collection_of(self, selection: Selection) -> _Collection | None:
         collection = self._collection
@@ -167,7 +172,7 @@ class S3Connector(S3Judging, ConnectorDefaults):
                 yield chunk
             return
         for page in self._judged(selection):
-            held = tuple(hasher(record.identity) for record, kind in page if kind == "held")
+            held = tuple(hasher(record.identity) for record, kind, _ in page if kind == "held")
             if held:
                 yield held
 
@@ -266,7 +271,7 @@ class S3Connector(S3Judging, ConnectorDefaults):
     def _listed(self, selection: Selection) -> Generator[list[S3Record], None, None]:
         """Without a count of this selection: each listing page's matched records, judged as they come."""
         for page in self._judged(selection):
-            yield [record for record, kind in page if kind == "matched"]
+            yield [record for record, kind, _ in page if kind == "matched"]
 
     def _recounted(self, selection: Selection, collection: _Collection) -> Generator[list[S3Record], None, None]:
         """The count's matched records, a chunk at a time, each one that still matches (see the module's note)."""

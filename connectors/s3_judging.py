@@ -11,23 +11,31 @@ from connectors.s3_records import ListingCursor, S3Record, address, client_patte
 from retention.ids import canonical_id
 from retention.model import Selection
 
+Verdict = tuple[S3Record, str, datetime | None]  # a record, its class, its age (when the rule has one and it is set)
+
 
 class S3Judging(S3Access):
     """The verdict on each record; S3 evaluates no predicate, so it is reached here, page by page."""
 
-    def _judged(self, selection: Selection) -> Iterator[list[tuple[S3Record, str]]]:
-        """Each page's records with their class: matched, held, unknown_age or kept (not expired)."""
+    def _judged(self, selection: Selection) -> Iterator[list[Verdict]]:
+        """Each page's records with their class (matched, held, unknown_age or kept: not expired) and their age."""
         bucket, prefix = selection.target, str(selection.scope.get("prefix") or "")
         versioned, locked = self._versioned(bucket), self._lock_enabled(bucket)
         for page in self._pages(bucket, prefix, versioned, selection.shard):
-            yield self._judge(selection, page, locked)
+            yield self._verdicts(selection, page, locked)
 
-    def _judge(self, selection: Selection, records: list[S3Record], locked: bool) -> list[tuple[S3Record, str]]:
+    def _verdicts(self, selection: Selection, records: list[S3Record], locked: bool) -> list[Verdict]:
         pattern = client_pattern(selection.client.field) if selection.client else None
         ages = self._ages(selection.target, selection, records)
         judged = [(record, self._class(selection, record, age, pattern)) for record, age in zip(records, ages,
                                                                                                strict=True)]
-        return self._apply_locks(selection.target, selection, judged) if locked else judged
+        if locked:
+            judged = self._apply_locks(selection.target, selection, judged)
+        return [(record, kind, age if isinstance(age, datetime) else None)
+                for (record, kind), age in zip(judged, ages, strict=True)]
+
+    def _judge(self, selection: Selection, records: list[S3Record], locked: bool) -> list[tuple[S3Record, str]]:
+        return [(record, kind) for record, kind, _ in self._verdicts(selection, records, locked)]
 
     def _ages(self, bucket: str, selection: Selection, page: list[S3Record]) -> list[datetime | Missing | None]:
         if selection.age is None:

@@ -6,6 +6,7 @@ import contextvars
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -38,6 +39,7 @@ from retention.errors import ConfigError, ConnectorError, TargetMissing
 from retention.logs import batch_unrecorded
 from retention.model import Action, Batch, ClientRegistry, Counts, OptionValue, Selection
 from retention.retry import retrying
+from retention.timeutil import stored_instant
 from retention.transforms import KeyedHasher
 
 
@@ -192,7 +194,19 @@ class SqlConnector(ConnectorDefaults):
             total = self._one(select(func.count()).select_from(table))[0]
         else:
             total = max(estimate, counted)
-        return Counts(total=total, matched=row.matched, held=row.held, unknown_age=row.unknown_age)
+        return Counts(total=total, matched=row.matched, held=row.held, unknown_age=row.unknown_age,
+                      oldest=self._oldest(table, selection, classes["matched"]) if row.matched else None)
+
+    def _oldest(self, table: FromClause, selection: Selection, matched: ColumnElement[bool]) -> datetime | None:
+        """The earliest age among matched records expired by age: one probe of the age field's index."""
+        age = selection.age
+        if age is None or selection.erasure is not None:
+            return None
+        column = table.c[age.field]
+        order, value = self.dialect.earliest_first(column)
+        aged = and_(matched, self.dialect.has_timestamp(column), self.dialect.before(column, age.cutoff))
+        row = self._one_or_none(select(value).select_from(table).where(aged).order_by(order).limit(1))
+        return stored_instant(row[0]) if row is not None else None
 
     def scan_warnings(self, selection: Selection) -> list[str]:
         """An age rule whose field leads no index makes every count and batch read the whole table.
@@ -406,9 +420,13 @@ class SqlConnector(ConnectorDefaults):
             raise ConnectorError(f"query failed: {db_error(exc.orig)}") from None
 
     def _one(self, statement: Any) -> Any:
+        return self._one_or_none(statement, one=True)
+
+    def _one_or_none(self, statement: Any, *, one: bool = False) -> Any:
         def query() -> Any:
             with self.engine.connect() as connection:
-                return connection.execute(statement).one()
+                result = connection.execute(statement)
+                return result.one() if one else result.one_or_none()
 
         try:
             return retrying(query, transient, what="count")

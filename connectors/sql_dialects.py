@@ -118,6 +118,10 @@ class SqlDialect:
         """Two-valued: the column holds a usable timestamp."""
         return column.is_not(None)  # type: ignore[no-any-return]
 
+    def earliest_first(self, column: Any) -> tuple[Any, Any]:
+        """How to order a timestamp column by instant, and what to read of it (`timeutil.stored_instant` takes it)."""
+        return column, column
+
     def before(self, column: Any, cutoff: datetime) -> ColumnElement[bool]:
         """The column's instant is earlier than `cutoff`; naive values are read as UTC."""
         if isinstance(column.type, sqltypes.DateTime):
@@ -261,6 +265,10 @@ class SqliteDialect(SqlDialect):
     def member_of(self, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
         listed: Any = select(literal_column("value")).select_from(func.json_each(literal(json.dumps(list(values)))))
         return column.in_(listed)  # type: ignore[no-any-return]
+
+    def earliest_first(self, column: Any) -> tuple[Any, Any]:
+        # text with any offset: julianday() orders instants, strftime() writes one in UTC
+        return func.julianday(column), func.strftime("%Y-%m-%dT%H:%M:%fZ", column)
 
     def before(self, column: Any, cutoff: datetime) -> ColumnElement[bool]:
         iso = cutoff.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")

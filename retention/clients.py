@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime, time
+from datetime import datetime
 from typing import Any
 
 from retention.ids import NotAnId, canonical_id
 from retention.model import ClientRegistry, ClientStates
+from retention.timeutil import stored_instant
 
 
 def judge(rows: Iterable[Mapping[str, Any]], registry: ClientRegistry, ended_before: datetime) -> ClientStates:
@@ -24,7 +25,7 @@ def judge(rows: Iterable[Mapping[str, Any]], registry: ClientRegistry, ended_bef
             continue  # a registry row that names no client cannot make anything expire
         if client is None:
             continue
-        status, ended_at = row.get(registry.status_field), ended_instant(row.get(registry.ended_at_field))
+        status, ended_at = row.get(registry.status_field), stored_instant(row.get(registry.ended_at_field))
         ended = status in registry.ended_statuses and ended_at is not None
         if ended or status in registry.active_statuses:
             known.add(client)
@@ -33,11 +34,3 @@ def judge(rows: Iterable[Mapping[str, Any]], registry: ClientRegistry, ended_bef
     expired = frozenset(client for client, verdict in ended_long_ago.items() if verdict)
     return ClientStates(expired, frozenset(known) | expired)
 
-
-def ended_instant(value: object) -> datetime | None:
-    """When a client ended: a timestamp (naive ones, such as BSON dates, are UTC) or a date (its first instant)."""
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if isinstance(value, date):
-        return datetime.combine(value, time.min, tzinfo=UTC)
-    return None

@@ -45,3 +45,9 @@ class LockHeld(RetentionError):
 
 class AuditError(RetentionError):
     """The audit log could not be written or read."""
+
+
+class VerificationFailed(RetentionError):
+    """An audit file fails verification (`audit verify`'s exit code)."""
+
+    exit_code = 5

@@ -192,6 +192,8 @@ class Executor:
         work, counts = assess(self.connectors, work, report)
         if counts is None:
             raise TargetProblem(report.error or "")
+        if report.status == OVER_THRESHOLD or self.dry_run:  # nothing changes: the backlog is what was counted
+            report.remaining, report.oldest_expired = counts.matched, counts.oldest
         if report.status == OVER_THRESHOLD:
             log.warning("rule_skipped", reason=report.error)
             yield Skipped(report.error or "", counts.matched, counts.total)
@@ -220,10 +222,11 @@ class Executor:
             self.progress.finish()
             if work_left() and self.should_stop():
                 raise Interrupted  # every batch the store finished is in the log; no new one was started
+        if not self.dry_run:  # the backlog, counted afresh (a request is done only when nothing of it is left)
+            after = connector.count(work.selection)
+            report.remaining, report.oldest_expired = after.matched, after.oldest
         if refusals or unsettled:
             raise RecordsRefused(_refused_message(rule.target, report.blocked, refusals, unsettled))
-        if work.request is not None:  # a request is done only when a fresh count finds nothing of it left
-            report.remaining = counts.matched if self.dry_run else connector.count(work.selection).matched
         if self.id_key and counts.held:  # the held records, named by keyed hash in chunks
             for chunk in connector.held_ids(work.selection, self.config.batch_size(rule), self.id_key):
                 yield HeldIds(chunk)

@@ -21,11 +21,19 @@ def write_metrics(path: Path, report: Report, state_dir: Path, finished: datetim
                                         ("held", "Expired records kept by legal holds or Object Lock"),
                                         ("blocked", "Expired records the store refused to change"),
                                         ("unknown_age", "Records whose age or client could not be established"),
+                                        ("remaining", "Expired, unheld, unprocessed records left after the rule"),
+                                        ("oldest_expired_age_seconds",
+                                         "Age of the oldest record left expired, from the run's now (0: none)"),
                                         ("duration_seconds", "How long the rule took"),
                                         ("failed", "1 if the rule failed, was interrupted or was skipped"))}
     for rule in report.rules:
         for name in ("matched", "changed", "held", "blocked", "unknown_age"):
             per_rule[name].labels(rule.name).set(getattr(rule, name))
+        if rule.remaining is not None:  # not measured (the rule failed first): no sample, rather than a false 0
+            per_rule["remaining"].labels(rule.name).set(rule.remaining)
+            oldest = rule.oldest_expired
+            per_rule["oldest_expired_age_seconds"].labels(rule.name).set(
+                max(0.0, (report.now - oldest).total_seconds()) if oldest else 0)
         per_rule["duration_seconds"].labels(rule.name).set(rule.duration_ms / 1000)
         per_rule["failed"].labels(rule.name).set(0 if rule.status == "ok" else 1)
     Gauge("retention_run_exit_code", "Exit code of the last run", registry=registry).set(report.exit_code)

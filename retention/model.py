@@ -164,6 +164,7 @@ class Counts:
     matched: int
     held: int
     unknown_age: int
+    oldest: datetime | None = None  # the age field's earliest value among matched records expired by age
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from retention.report import ERROR, RuleReport
 from retention.secrets import pseudonym_keys
 from retention.settings import Environment, EnvRef
 from retention.stores import open_connectors
+from retention.timeutil import parse_instant, rfc3339
 from retention.units import RuleWork
 
 log = structlog.get_logger("retention")
@@ -62,7 +63,7 @@ CONNECT_TIMEOUT = "10s"
 OUTCOMES: dict[str, type[Outcome]] = {kind.__name__: kind for kind in (Started, Skipped, Applied, HeldIds, Finished,
                                                                          Failed)}
 REPORTED = ("total", "matched", "held", "unknown_age", "changed", "blocked", "status", "error", "statement",
-            "duration_ms", "remaining", "held_by")  # what a worker's report tells the coordinator's
+            "duration_ms", "remaining", "oldest_expired", "held_by")  # what a worker's report tells the coordinator's
 UNREACHABLE = 10.0  # seconds without the scheduler before the run takes it for lost
 DONE, INTERRUPTED, ORPHANED = "done", "interrupted", "orphaned"
 ENDED = -1  # the acknowledgement that tells a new attempt its unit is already recorded as ended
@@ -99,14 +100,17 @@ def decode(data: dict[str, Any]) -> Outcome:
 
 
 def snapshot(report: RuleReport) -> dict[str, Any]:
-    return {name: list(value) if isinstance(value := getattr(report, name), tuple) else value for name in REPORTED}
+    """The report's counts as plain values (a tuple as a list, an instant as RFC 3339), for the outcome queue."""
+    return {name: list(value) if isinstance(value := getattr(report, name), tuple)
+            else rfc3339(value) if isinstance(value, datetime) else value for name in REPORTED}
 
 
 def restore(report: RuleReport, counts: dict[str, Any], carried: tuple[int, int]) -> None:
     """The worker's counts into the coordinator's report; records changed (or refused) by lost attempts added."""
     for name in REPORTED:
         value = counts[name]
-        setattr(report, name, tuple(value) if isinstance(value, list) else value)
+        setattr(report, name, tuple(value) if isinstance(value, list)
+                else parse_instant(value) if name == "oldest_expired" and value else value)
     report.changed += carried[0]  # what attempts lost with their workers changed: matched then, so matched now
     report.matched += carried[0]
     report.blocked += carried[1]

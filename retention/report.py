@@ -34,7 +34,8 @@ class RuleReport:
     statement: str | None = None
     duration_ms: int = 0
     request: str | None = None  # the erasure request this rule served, if any
-    remaining: int | None = None  # a request's records still there after the change (counted again)
+    remaining: int | None = None  # expired, unheld, unprocessed records still there after the rule (counted again)
+    oldest_expired: datetime | None = None  # the oldest of those, by the age field (age rules only)
     held_by: tuple[str, ...] = ()  # what kept the held records: hold names, or the store's own lock
 
     def to_json(self, *, with_changed: bool) -> dict[str, Any]:
@@ -47,6 +48,8 @@ class RuleReport:
         if with_changed:
             data["changed"] = self.changed
             data["blocked"] = self.blocked
+            data["remaining"] = self.remaining
+            data["oldest_expired"] = rfc3339(self.oldest_expired) if self.oldest_expired else None
         else:
             data["statement"] = self.statement  # what each batch would run, for review
         return data

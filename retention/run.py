@@ -206,7 +206,7 @@ class Recorder:
                                     list(outcome.holds), work.request, work.reason, shard.label if shard else None))
         elif isinstance(outcome, Skipped):
             audit.event(RuleSkipped(rule.name, "threshold", outcome.reason, outcome.matched, outcome.total,
-                                    str(rule.max_fraction), rule.max_records))
+                                    str(rule.max_fraction), rule.max_records, *backlog(report)))
         elif isinstance(outcome, Applied):
             digest = audit.record_ids("changed", rule.name, outcome.ids)[1] if audit.hashed_ids else None
             audit.event(BatchApplied(rule.name, work.action.kind, outcome.count, work.request, digest,
@@ -220,16 +220,21 @@ class Recorder:
             self._forget(unit)
             audit.event(RuleFinished(
                 rule.name, report.total, report.matched, report.changed, report.held, report.blocked,
-                report.unknown_age, report.duration_ms, work.request, report.remaining, held, digest))
+                report.unknown_age, report.duration_ms, work.request, *backlog(report), held, digest))
         else:
             self._forget(unit)
             audit.event(RuleFailed(report.name, outcome.error_class, outcome.message, report.changed,
-                                   report.blocked, work.request))
+                                   report.blocked, work.request, *backlog(report)))
 
     def _forget(self, unit: Unit) -> None:
         names = self._held.pop(id(unit), None)
         if names is not None:
             names.close()
+
+
+def backlog(report: RuleReport) -> tuple[int | None, str | None]:
+    """`remaining` and `oldest_expired` as the log writes them."""
+    return report.remaining, rfc3339(report.oldest_expired) if report.oldest_expired else None
 
 
 class HeldNames:

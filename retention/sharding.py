@@ -73,6 +73,9 @@ def merged(whole: RuleReport, shards: Sequence[RuleReport]) -> RuleReport:
     for name in ("matched", "held", "unknown_age", "changed", "blocked"):
         setattr(whole, name, sum(getattr(shard, name) for shard in shards))
     whole.duration_ms = max(shard.duration_ms for shard in shards)
+    measured = [shard.remaining for shard in shards if shard.remaining is not None]
+    whole.remaining = sum(measured) if len(measured) == len(shards) else None  # unknown when one shard is
+    whole.oldest_expired = min((s.oldest_expired for s in shards if s.oldest_expired), default=None)
     whole.status = max((shard.status for shard in shards), key=SEVERITY.index)
     errors = list(dict.fromkeys(shard.error for shard in shards if shard.error))
     whole.error = "; ".join(errors) or None

@@ -89,6 +89,21 @@ def end_of_day_or_instant(text: str) -> datetime:
     return datetime.combine(day, time.max, tzinfo=UTC)
 
 
+def stored_instant(value: object) -> datetime | None:
+    """An instant as a store returned it, in UTC: naive timestamps (SQL `timestamp`, BSON dates) are UTC, a date is
+    its first instant, text is RFC 3339 (SQLite's); anything else is None."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, time.min, tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            return parse_instant(value)
+        except ValueError:
+            return None
+    return None
+
+
 def rfc3339(instant: datetime) -> str:
     """Format an instant as RFC 3339 UTC with a Z, microseconds only when present."""
     instant = instant.astimezone(UTC)

@@ -122,6 +122,24 @@ def test_metrics_file_has_per_rule_counts_status_and_last_success(sandbox: Sandb
     assert not list(metrics.parent.glob("*.tmp*"))
 
 
+def test_metrics_file_has_the_backlog(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A dry run leaves its matched records and their oldest age; a run that met its work leaves 0 and 0."""
+    metrics = tmp_path / "retention.prom"
+    sandbox.config.write_text(sandbox.config.read_text().replace(
+        "batch_size = 2\n", f'batch_size = 1000\nmetrics_file = "{metrics}"\n'))
+
+    def sample(name: str) -> float:
+        prefix = f'retention_rule_{name}{{rule="cookies"}} '
+        return float(next(line for line in metrics.read_text().splitlines() if line.startswith(prefix)).split()[-1])
+
+    result = sandbox.cli("run", "--dry-run", "--now", "2026-11-29T03:00:00Z", "--format", "json")
+    assert 0 == result.exit_code, result.stderr
+    assert 3000 == sample("remaining") == json.loads(result.stdout)["rules"][0]["remaining"]
+    assert timedelta(days=800).total_seconds() == sample("oldest_expired_age_seconds")
+    assert 0 == sandbox.cli("run").exit_code
+    assert (0, 0) == (sample("remaining"), sample("oldest_expired_age_seconds"))
+
+
 def test_schedule_once_runs_now_and_exits_with_the_run_code(sandbox: Sandbox) -> None:
     """`schedule --once` is the same run, now: report on stdout, a signed log, the run's exit code."""
     result = sandbox.cli("schedule", "--once")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -387,3 +389,52 @@ def test_requests_show_names_a_rule_that_cannot_serve_it(sandbox: Sandbox, pg_st
     shown = sandbox.cli("requests", "show", "r-20")
     assert 0 == shown.exit_code, shown.stdout + shown.stderr
     assert "subject_field column 'emial' does not exist in table end_users" in shown.stdout
+
+
+def test_a_certificate_states_what_was_done_signed_and_without_personal_values(sandbox: Sandbox,
+                                                                             pg_store: PostgresStore) -> None:
+    """Held by a legal hold in one run (not done: exit 1, saying why), erased in the next: a signed certificate
+    that openssl verifies, naming every run and file hash, never the client's or the person's id."""
+    request(pg_store, "r-7", "c-active", "user0@example.org", "end_user_request")
+    held = sandbox.config.read_text()
+    sandbox.config.write_text(held + '\n[[holds]]\nname = "lit-9"\nclient_ids = ["c-active"]\n')
+    first = run(sandbox)
+    pending = sandbox.cli("requests", "certificate", "r-7")
+    assert 1 == pending.exit_code, pending.stderr
+    assert any("lit-9" in reason for reason in json.loads(pending.stdout)["waiting_for"])
+    sandbox.config.write_text(held)
+    second = run(sandbox)
+    out = sandbox.root / "certs" / "r-7.json"
+    result = sandbox.cli("requests", "certificate", "r-7", "--out", str(out))
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    text = out.read_text()
+    assert "c-active" not in text and "user0@example.org" not in text
+    document = json.loads(text)
+    assert ("r-7", "end_user_request", second["run_id"]) == (
+        document["request"]["id"], document["request"]["reason"], document["request"]["completed_by_run"])
+    work = {(w["run_id"], w["rule"]): w for w in document["work"]}
+    assert (0, 1, ["lit-9"]) == tuple(work[first["run_id"], "end-users"][k] for k in ("changed", "held", "held_by"))
+    assert {"end-users": 1, "sessions": 1, "photos": 1} == {
+        rule: w["changed"] for (run_id, rule), w in work.items() if run_id == second["run_id"]}
+    files = {run["audit_file"]: run for run in document["runs"]}
+    assert {Path(first["audit_file"]).name, Path(second["audit_file"]).name} == set(files)
+    for name, entry in files.items():
+        assert hashlib.sha256((Path(second["audit_file"]).parent / name).read_bytes()).hexdigest() == entry["sha256"]
+        assert "ok" == entry["verification"]
+    public = sandbox.root / "audit-public.pem"
+    checked = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(public), "-rawin",
+                              "-in", str(out), "-sigfile", f"{out}.sig"], capture_output=True, text=True)
+    assert 0 == checked.returncode and "Signature Verified Successfully" in checked.stdout, checked.stderr
+
+
+def test_a_certificate_is_refused_over_a_tampered_log_and_for_an_unknown_id(sandbox: Sandbox,
+                                                                           pg_store: PostgresStore) -> None:
+    """Exit 5 and nothing written when a file it rests on fails verification; exit 2 for an id not in the table."""
+    request(pg_store, "r-8", "c-active", None, "client_instruction")
+    log = Path(run(sandbox)["audit_file"])
+    assert 2 == sandbox.cli("requests", "certificate", "r-404").exit_code
+    log.write_bytes(log.read_bytes().replace(b'"changed":', b'"changed":1', 1))
+    out = sandbox.root / "r-8.json"
+    result = sandbox.cli("requests", "certificate", "r-8", "--out", str(out))
+    assert 5 == result.exit_code and "fail verification" in result.stderr, result.stdout + result.stderr
+    assert not out.exists()

@@ -123,7 +123,7 @@ class BatchApplied(AuditEvent):
 @dataclass(frozen=True)
 class RuleFinished(AuditEvent):
     event: ClassVar[str] = "rule_finished"
-    optional: ClassVar[frozenset[str]] = frozenset({"request", "remaining", "held_ids", "held_ids_digest"})
+    optional: ClassVar[frozenset[str]] = frozenset({"request", "held_ids", "held_ids_digest"})
     rule: str
     total: int
     matched: int
@@ -133,7 +133,8 @@ class RuleFinished(AuditEvent):
     unknown_age: int
     duration_ms: int
     request: str | None = None
-    remaining: int | None = None
+    remaining: int | None = None  # the backlog: expired, unheld, unprocessed records still there, counted afresh
+    oldest_expired: str | None = None  # RFC 3339: the oldest of them by the age field (null: none, or no age)
     held_ids: int | None = None
     held_ids_digest: str | None = None
 
@@ -148,6 +149,8 @@ class RuleSkipped(AuditEvent):
     total: int
     max_fraction: str
     max_records: int | None
+    remaining: int | None = None  # a skipped rule leaves what it matched
+    oldest_expired: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,8 @@ class RuleFailed(AuditEvent):
     changed: int
     blocked: int
     request: str | None = None
+    remaining: int | None = None  # null when the rule ended before its backlog could be counted
+    oldest_expired: str | None = None
 
 
 @dataclass(frozen=True)

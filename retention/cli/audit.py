@@ -10,11 +10,13 @@ from pathlib import Path
 import click
 
 from retention.audit import generate_keypair, load_private_key, load_public_keys, verify
+from retention.audit.find import find, record_name
 from retention.audit.summary import summarize
 from retention.audit.writer import run_files
 from retention.cli.base import FORMAT, State, main
 from retention.errors import ConfigError, UsageError
 from retention.render import as_json, markdown, table
+from retention.secrets import pseudonym_keys
 
 EXIT_VERIFY_FAILED = 5
 
@@ -120,3 +122,32 @@ def audit_show(state: State, run: str, fmt: str) -> None:
         f"config sha256: {header.get('config_sha256')}  key: {header.get('public_key_fingerprint')}",
         "", render(headers, rows)]))
 
+
+
+@audit.command("find")
+@click.argument("key")
+@click.option("--rule", "rules", multiple=True, required=True, metavar="NAME",
+              help="The rule whose target holds the record (repeatable).")
+@click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
+@click.pass_obj
+def audit_find(state: State, key: str, rules: tuple[str, ...], fmt: str) -> None:
+    """Which runs changed or held the record with this KEY (its key's text; a composite key as a JSON array).
+
+    Records are named in the audit only by keyed hash, so this needs the pseudonym key (secrets.pseudonym_key,
+    with audit.record_ids = "hashed"). Exit 0 when found, 1 when not.
+    """
+    config = state.config
+    id_key = pseudonym_keys(config, state.env).record_ids
+    if id_key is None:
+        raise ConfigError("audit find needs the key the runs named records with: set secrets.pseudonym_key "
+                          "(and audit.record_ids = \"hashed\") and its environment variable")
+    sightings = list(find(_audit_dir(state), frozenset(rules), record_name(key, id_key)))
+    if fmt == "json":
+        click.echo(as_json({"rules": list(rules), "found": [s.to_json() for s in sightings]}))
+    elif sightings:
+        click.echo(table(["run_id", "audit_file", "rule", "kind"],
+                         [[s.run_id, s.audit_file.name, s.rule, s.kind] for s in sightings]))
+    else:
+        click.echo(f"no run changed or held that record under {', '.join(rules)}")
+    if not sightings:
+        sys.exit(1)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
+from retention import __version__
 from retention import inspect as inspection
+from retention.audit import fingerprint, load_private_key, verify
+from retention.audit.certificate import VERIFY_LOG, certificate, gather
+from retention.audit.verify import ACKNOWLEDGED, OK
 from retention.cli.base import FORMAT, State, main, utc_now
+from retention.errors import AuditError, ConfigError, VerificationFailed
 from retention.render import as_json, table
 from retention.requests import ErasureRequest
 from retention.timeutil import rfc3339
@@ -100,3 +106,52 @@ def requests_show(state: State, request_id: str, fmt: str) -> None:
                 lines.append(f"{label}: " + "; ".join(map(str, result[key])))
     click.echo("\n".join(lines))
 
+
+
+@requests.command("certificate")
+@click.argument("request_id")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write it here, and its Ed25519 "
+              "signature by the audit key beside it as PATH.sig (else: print it, unsigned).")
+@click.pass_obj
+def requests_certificate(state: State, request_id: str, out: Path | None) -> None:
+    """A signed statement of what was done for one erasure request, from the audit logs, with no personal values.
+
+    Exit 1 when the request is not done yet (printing what it waits for), 5 when an audit file it rests on fails
+    verification, 2 for an unknown id.
+    """
+    config = state.config
+    if config.audit is None or config.audit.signing_key is None:
+        raise ConfigError("a certificate is signed by the audit key: configure [audit] signing_key")
+    key = load_private_key(Path(state.env.resolve(config.audit.signing_key, secret=False)))
+    ((request, _),) = inspection.request_preview(config, state.env, utc_now(), request_id)
+    evidence = gather(config.audit.dir, request.id)
+    checks = {check.path: check for check in verify([config.audit.dir], [key.public_key()])}
+    result = request.result or {}
+    done_by = result.get("run_id") if result.get("status") == "done" else None
+    statement = {"id": request.id, "reason": request.reason,
+                 "received_at": str(request.received_at) if request.received_at is not None else None,
+                 "status": request.status, "completed_at": evidence.finished_at.get(str(done_by)) if done_by else None,
+                 "completed_by_run": done_by}
+    document = certificate(statement, evidence, checks, fingerprint(key.public_key()), rfc3339(utc_now()),
+                           __version__)
+    if done_by is None:
+        waiting = result.get("waiting_for")
+        reasons = [str(reason) for reason in waiting] if isinstance(waiting, list) else []
+        document["waiting_for"] = reasons or ["a run: no run has served it yet"]
+        click.echo(as_json(document))
+        sys.exit(1)
+    if done_by not in evidence.finished_at:
+        raise AuditError(f"{config.requests.table if config.requests else 'the requests table'} says request "
+                         f"{request.id!r} was done by run {done_by}, but no run in {config.audit.dir} shows it")
+    failing = [run for run in document["runs"] if run["verification"] not in (OK, ACKNOWLEDGED)]
+    if failing:
+        names = ", ".join(f"{run['audit_file']} ({run['verification']})" for run in failing)
+        raise VerificationFailed(f"not certified: the audit files it rests on fail verification: {names}")
+    text = as_json(document) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    out.with_name(out.name + ".sig").write_bytes(key.sign(out.read_bytes()))
+    click.echo(f"wrote {out} and {out.name}.sig (verify: {VERIFY_LOG.format(file=out)})")

@@ -244,6 +244,33 @@ class ConnectorConformance:
         assert (1, 0) == (rule["matched"], rule["changed"])
         assert before == store.fingerprint()
 
+    def test_backlog_is_measured_after_each_rule(self, sandbox: Sandbox, store: Store, now: Any) -> None:
+        """`remaining` and `oldest_expired`: what a dry run would leave, what a threshold left, nothing after a run.
+
+        Held and unknown-age records are not backlog; the oldest expired record is named by its timestamp.
+        """
+        add_cookies(store, now, timedelta(days=900), timedelta(days=800), timedelta(days=10), None)
+        sandbox.write(COOKIE_RULE, clients=False)
+        dry = self.run(sandbox, "--dry-run")["rules"][0]
+        assert (2, "2024-06-12T03:00:00Z") == (dry["remaining"], dry["oldest_expired"])
+        sandbox.write(COOKIE_RULE.replace("max_fraction = 1.0", "max_records = 1"), clients=False)
+        skipped = self.run(sandbox, expect=3)["rules"][0]
+        assert (2, "2024-06-12T03:00:00Z") == (skipped["remaining"], skipped["oldest_expired"])
+        sandbox.write(COOKIE_RULE, clients=False)
+        done = self.run(sandbox)
+        assert (0, None) == (done["rules"][0]["remaining"], done["rules"][0]["oldest_expired"])
+        events = [json.loads(line) for line in Path(done["audit_file"]).read_text().splitlines()]
+        finished = next(e for e in events if e["event"] == "rule_finished")
+        assert (0, None) == (finished["remaining"], finished["oldest_expired"])
+        assert [2, 3] == ids(store, "cookie_events")
+
+    def test_backlog_of_a_held_rule_is_zero(self, sandbox: Sandbox, store: Store, now: Any) -> None:
+        """Records a legal hold keeps are not backlog: the rule met its work."""
+        add_cookies(store, now, timedelta(days=900))
+        sandbox.write(COOKIE_RULE, clients=False, extra='[[holds]]\nname = "lit"\nrules = ["cookies"]\n')
+        rule = self.run(sandbox)["rules"][0]
+        assert (1, 0, None) == (rule["held"], rule["remaining"], rule["oldest_expired"])
+
     def test_batches_cover_every_record(self, sandbox: Sandbox, store: Store, now: Any) -> None:
         """With batch_size = 2, seven expired records take four batches, each one audit event.
 
