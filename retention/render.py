@@ -49,14 +49,14 @@ def report(result: Report, fmt: str) -> str:
         return as_json(result.to_json())
     headers = ["rule", "target", "action", "cutoff", "matched", "held", "unknown_age"]
     if result.is_run:
-        headers.append("changed")
+        headers += ["changed", "remaining"]
     headers.append("status")
     rows = []
     for rule in result.rules:
         row: list[Any] = [rule.name, f"{rule.connector}:{rule.target}", rule.action,
                           rfc3339(rule.cutoff) if rule.cutoff else None, rule.matched, rule.held, rule.unknown_age]
         if result.is_run:
-            row.append(rule.changed)
+            row += [rule.changed, rule.remaining]
         row.append(rule.status)
         rows.append(row)
     title = "Run" if result.is_run else "Plan (dry run: nothing changed)"

@@ -91,14 +91,14 @@ def end_of_day_or_instant(text: str) -> datetime:
 
 def stored_instant(value: object) -> datetime | None:
     """An instant as a store returned it, in UTC: naive timestamps (SQL `timestamp`, BSON dates) are UTC, a date is
-    its first instant, text is RFC 3339 (SQLite's); anything else is None."""
+    its first instant, text is ISO 8601 (SQLite's; naive is UTC too); anything else is None."""
     if isinstance(value, datetime):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     if isinstance(value, date):
         return datetime.combine(value, time.min, tzinfo=UTC)
     if isinstance(value, str):
         try:
-            return parse_instant(value)
+            return stored_instant(datetime.fromisoformat(value.strip().replace("z", "Z")))
         except ValueError:
             return None
     return None

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from retention.timeutil import Duration, end_of_day_or_instant, parse_duration, parse_instant, rfc3339
+from retention.timeutil import (
+    Duration,
+    end_of_day_or_instant,
+    parse_duration,
+    parse_instant,
+    rfc3339,
+    stored_instant,
+)
 
 
 @pytest.mark.parametrize(("now", "duration", "expected"), [
@@ -50,3 +57,13 @@ def test_a_hold_date_lasts_through_its_whole_day() -> None:
 def test_rfc3339_is_utc_with_z() -> None:
     """Reports and audit lines write instants in UTC with a Z."""
     assert "2026-11-29T03:00:00Z" == rfc3339(datetime(2026, 11, 29, 4, tzinfo=timezone(timedelta(hours=1))))
+
+
+def test_stored_instants_are_read_as_utc() -> None:
+    """Naive timestamps (SQL `timestamp`, BSON dates, SQLite text) are UTC; a date is its first instant."""
+    utc = datetime(2024, 6, 12, 3, tzinfo=UTC)
+    assert utc == stored_instant(datetime(2024, 6, 12, 3))
+    assert utc == stored_instant(datetime(2024, 6, 12, 5, tzinfo=timezone(timedelta(hours=2))))
+    assert datetime(2024, 6, 12, tzinfo=UTC) == stored_instant(date(2024, 6, 12))
+    assert utc == stored_instant("2024-06-12 03:00:00") == stored_instant("2024-06-12T03:00:00.000Z")
+    assert None is stored_instant("not a time") is stored_instant(17) is stored_instant(None)

@@ -17,7 +17,7 @@ from retention.cli.base import FORMAT, State, main, utc_now
 from retention.errors import AuditError, ConfigError, VerificationFailed
 from retention.render import as_json, table
 from retention.requests import ErasureRequest
-from retention.timeutil import rfc3339
+from retention.timeutil import rfc3339, stored_instant
 
 
 @main.group()
@@ -108,6 +108,12 @@ def requests_show(state: State, request_id: str, fmt: str) -> None:
 
 
 
+def _instant_text(value: object) -> str | None:
+    """A stored time as RFC 3339 UTC where it reads as one (naive is UTC), else as the store gave it."""
+    instant = stored_instant(value)
+    return rfc3339(instant) if instant else (None if value is None else str(value))
+
+
 @requests.command("certificate")
 @click.argument("request_id")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write it here, and its Ed25519 "
@@ -129,7 +135,7 @@ def requests_certificate(state: State, request_id: str, out: Path | None) -> Non
     result = request.result or {}
     done_by = result.get("run_id") if result.get("status") == "done" else None
     statement = {"id": request.id, "reason": request.reason,
-                 "received_at": str(request.received_at) if request.received_at is not None else None,
+                 "received_at": _instant_text(request.received_at),
                  "status": request.status, "completed_at": evidence.finished_at.get(str(done_by)) if done_by else None,
                  "completed_by_run": done_by}
     document = certificate(statement, evidence, checks, fingerprint(key.public_key()), rfc3339(utc_now()),
