@@ -18,6 +18,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from retention import __version__
+from retention.approval import DEFAULT_TOLERANCE, Approval
 from retention.audit import AuditWriter, fingerprint, load_private_key
 from retention.audit.events import (
     BatchApplied,
@@ -33,7 +34,7 @@ from retention.audit.writer import ChainHead, run_files
 from retention.config import Config
 from retention.config.model import SERIAL, THREADS
 from retention.dispatch import Lanes, LocalLanes, Unit
-from retention.errors import AuditError, ConfigError, UsageError
+from retention.errors import AuditError, ConfigError, RetentionError, UsageError
 from retention.execute import (
     Applied,
     Executor,
@@ -43,6 +44,7 @@ from retention.execute import (
     Outcome,
     Skipped,
     Started,
+    assess,
     report_for,
 )
 from retention.holds import load_holds
@@ -79,8 +81,13 @@ Clock = Callable[[], datetime]
 
 def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_names: Sequence[str] = (),
         dry_run: bool = False, clock_override: bool = False, should_stop: Callable[[], bool] = lambda: False,
-        progress: Progress | None = None) -> Report:
-    """Enforce the rules at `now`, batch by batch, writing and signing the audit log as it goes."""
+        progress: Progress | None = None, approval: Approval | None = None,
+        tolerance: float = DEFAULT_TOLERANCE) -> Report:
+    """Enforce the rules at `now`, batch by batch, writing and signing the audit log as it goes.
+
+    With an `approval`, the whole run is first held to it (`_refused`): when it may not go ahead, every rule is
+    skipped, unchanged, and the run exits 3.
+    """
     if now > clock():
         raise UsageError(f"--now {rfc3339(now)} is later than the current time; a run may not expire records early")
     rules = select_rules(config, rule_names)
@@ -108,13 +115,15 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
         audit.event(RunStarted(__version__, config.sha256, socket.gethostname(), _user(), rfc3339(now),
                                clock_override, dry_run, [rule.name for rule in rules],
                                fingerprint(keys.signing.public_key()), audit.previous_incomplete,
-                               "hashed" if id_key else "none"))
+                               "hashed" if id_key else "none", approval.sha256 if approval else None))
         log.info("run_started", dry_run=dry_run, now=rfc3339(now), rules=len(rules),
                  previous_incomplete=audit.previous_incomplete)
         started = time.monotonic()
         pace = Pace(should_stop, clock=clock, budget=config.job.max_duration, max_lag=config.job.max_replica_lag)
         try:
             executor = Executor(connectors, id_key, config, dry_run, pace, progress or Silent())
+            if approval and _refused(approval, tolerance, config, connectors, works, audit, report):
+                return report
             recorder = Recorder(audit, lanes)
             recorder.units(executor, works, report.rules)
             if config.requests:
@@ -137,6 +146,38 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
                     log.error("metrics_not_written", error=exc.strerror, path=str(config.job.metrics_file))
             structlog.contextvars.unbind_contextvars("run_id")
     return report
+
+
+def _refused(approval: Approval, tolerance: float, config: Config, connectors: Stores, works: Sequence[RuleWork],
+             audit: AuditWriter, report: Report) -> bool:
+    """Count every rule as `plan` does (nothing changes); when the approval does not cover this run, skip them all.
+
+    Counting first, for every rule, is what lets the run be refused whole: once one rule had started changing
+    records, refusing another would leave half of a change nobody approved of as a whole.
+    """
+    reports = []
+    for work in works:
+        rule_report = report_for(work)
+        try:
+            _, counts = assess(connectors, work, rule_report)
+        except RetentionError as exc:  # it would fail in the run too; the approval cannot judge it
+            rule_report.status, rule_report.error, counts = ERROR, str(exc), None
+        if counts is not None:
+            rule_report.remaining, rule_report.oldest_expired = counts.matched, counts.oldest
+        reports.append(rule_report)
+    counted = {r.name: r.matched for r in reports if r.status != ERROR}
+    refusals = approval.refusals(config, counted, tolerance)
+    if not refusals:
+        return False
+    reason = f"refused under {approval.path.name}: " + "; ".join(refusals)
+    log.error("run_refused", approval=str(approval.path), reason=reason)
+    for work, rule_report in zip(works, reports, strict=True):
+        rule = work.rule
+        rule_report.status, rule_report.error = OVER_THRESHOLD, reason
+        audit.event(RuleSkipped(rule.name, "approval", reason, rule_report.matched, rule_report.total,
+                                str(rule.max_fraction), rule.max_records, *backlog(rule_report)))
+        report.rules.append(rule_report)
+    return True
 
 
 def _serve_requests(config: Config, executor: Executor, recorder: Recorder, report: Report,

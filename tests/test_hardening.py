@@ -315,11 +315,15 @@ max_fraction = 1.0
                                    text=True, env={**os.environ, "RETENTION_PSEUDONYM_KEY": "k" * 32,
                                                    "AWS_MAX_ATTEMPTS": "2"})
         assert process.stderr is not None
+        seen = []
         for line in process.stderr:
+            seen.append(line)
             if '"batch_applied"' in line:
                 break
     stdout, stderr = process.communicate(timeout=180)  # the server is gone now
+    stderr = "".join(seen) + stderr
     assert 1 == process.returncode, stderr
+    assert stdout.strip(), stderr
     assert "Traceback" not in stderr
     rules = {rule["name"]: rule for rule in json.loads(stdout)["rules"]}
     assert "error" == rules["uploads"]["status"] and "S3" in rules["uploads"]["error"]

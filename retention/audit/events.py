@@ -79,6 +79,7 @@ class AuditEvent:
 @dataclass(frozen=True)
 class RunStarted(AuditEvent):
     event: ClassVar[str] = "run_started"
+    optional: ClassVar[frozenset[str]] = frozenset({"approval_sha256"})
     tool_version: str
     config_sha256: str
     host: str
@@ -90,6 +91,7 @@ class RunStarted(AuditEvent):
     public_key_fingerprint: str
     previous_incomplete: bool
     record_ids: str
+    approval_sha256: str | None = None  # the approved plan (`run --approved`) this run was held to
 
 
 @dataclass(frozen=True)

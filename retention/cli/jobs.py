@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 import click
 import structlog
 
+from retention import approval as approvals
 from retention import inspect as inspection
 from retention import run as coordinator
 from retention.cli.base import FORMAT, State, main, now_option, utc_now
 from retention.config import config_path, load_config, with_executor
 from retention.connector import connector_types
-from retention.errors import RetentionError
+from retention.errors import RetentionError, UsageError
 from retention.logs import configure
 from retention.progress import for_terminal
 from retention.redact import hide
@@ -64,10 +65,16 @@ def _count(number: int, noun: str) -> str:
 @click.option("--now", "now_text", metavar="TIME", help="Evaluate as of this RFC 3339 instant.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
               show_default=True)
+@click.option("--save", "save_path", type=click.Path(path_type=Path, dir_okay=False), metavar="PATH",
+              help="Also write the plan as an approval file (the config's SHA-256, each rule's counts), for "
+                   "`run --approved PATH` after review.")
 @click.pass_obj
-def plan(state: State, rules: tuple[str, ...], now_text: str | None, fmt: str) -> None:
+def plan(state: State, rules: tuple[str, ...], now_text: str | None, fmt: str, save_path: Path | None) -> None:
     """Dry run: what each rule would do now. Changes nothing; needs no signing key."""
     result = inspection.plan(state.config, state.env, now_option(now_text) or utc_now(), rules, for_terminal())
+    if save_path is not None:
+        approvals.save(save_path, result, state.config)
+        structlog.get_logger("retention").info("plan_saved", path=str(save_path), config_sha256=state.config.sha256)
     click.echo(report(result, fmt))
     sys.exit(result.exit_code)
 
@@ -79,17 +86,27 @@ def plan(state: State, rules: tuple[str, ...], now_text: str | None, fmt: str) -
 @click.option("--executor", "executor_text", metavar="serial|threads|tcp://HOST:PORT",
               help="Where work units run (overrides job.executor): one after another, side by side on threads, "
                    "or on the Dask scheduler at this address.")
+@click.option("--approved", "approved_path", type=click.Path(path_type=Path, dir_okay=False), metavar="PATH",
+              help="Hold the run to this approved plan (`plan --save`): refuse it whole, changing nothing (exit 3), "
+                   "when the config differs or a rule would change more than approved.")
+@click.option("--tolerance", type=click.FloatRange(min=0), metavar="F",
+              help="With --approved: how much more than its approved count a rule may change, as a fraction "
+                   f"[default: {approvals.DEFAULT_TOLERANCE}].")
 @click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
 @click.pass_obj
 def run(state: State, rules: tuple[str, ...], now_text: str | None, dry_run: bool, executor_text: str | None,
-        fmt: str) -> None:
+        approved_path: Path | None, tolerance: float | None, fmt: str) -> None:
     """Enforce the rules; always writes a signed audit log (a --dry-run run too)."""
     override = now_option(now_text)
     config = with_executor(state.config, executor_text) if executor_text else state.config
+    if tolerance is not None and approved_path is None:
+        raise UsageError("--tolerance applies to --approved only")
+    approval = approvals.load(approved_path) if approved_path else None
     with stop_on_signals() as stop:
         result = coordinator.run(config, state.env, override or utc_now(), utc_now, rule_names=rules,
-                            dry_run=dry_run, clock_override=override is not None, should_stop=stop.is_set,
-                            progress=for_terminal())
+                                 dry_run=dry_run, clock_override=override is not None, should_stop=stop.is_set,
+                                 progress=for_terminal(), approval=approval,
+                                 tolerance=approvals.DEFAULT_TOLERANCE if tolerance is None else tolerance)
     click.echo(report(result, fmt))
     sys.exit(result.exit_code)
 
