@@ -131,9 +131,9 @@ class MongoConnector(ConnectorDefaults):
         registry: ClientRegistry = selection.client.registry
         query: Filter = {registry.id_field: {"$in": mongo_values(client_ids)}} if client_ids is not None else {}
         # "_id" first, so an id_field of "_id" switches it back on
-        projection = {"_id": 0, registry.id_field: 1, registry.status_field: 1, registry.ended_at_field: 1}
+        projection = {"_id": 0, **dict.fromkeys(registry.fields, 1)}
         rows = self._collection(registry.table).find(query, projection)
-        return judge(rows, registry, selection.client.ended_before)
+        return judge(rows, selection.client)
 
     # -- counting and changing -------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ import contextvars
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -148,9 +149,15 @@ class SqlConnector(ConnectorDefaults):
         for field, role in ((registry.id_field, "clients.id_field"), (registry.status_field, "clients.status_field"),
                             (registry.ended_at_field, "clients.ended_at_field")):
             self._column(table, field, role)
+        problems = []
         if not is_timestamp(table.c[registry.ended_at_field].type):
-            return [f"clients.ended_at_field {registry.ended_at_field} is not a timestamp or date column"]
-        return []
+            problems.append(f"clients.ended_at_field {registry.ended_at_field} is not a timestamp or date column")
+        if registry.retention_field:
+            column = self._column(table, registry.retention_field, "clients.retention_field")
+            if not _reads_as(column.type, int, float, Decimal, str, timedelta):
+                problems.append(f"clients.retention_field {column.name} is {column.type}, expected a number of days, "
+                                "a text duration such as '90 days', or an interval")
+        return problems
 
     # -- predicates and registry rows --------------------------------------------------------------------------
 
@@ -495,3 +502,12 @@ def _unrecorded(pending: Future[tuple[int, Sequence[Sequence[Any]]]] | None) -> 
         return
     if count:
         batch_unrecorded(count)
+
+
+def _reads_as(column_type: Any, *kinds: type) -> bool:
+    """Whether a column's values come back as one of these Python types (an unknown type does not)."""
+    try:
+        python_type = column_type.python_type
+    except NotImplementedError:
+        return False
+    return python_type is not bool and issubclass(python_type, kinds)  # a bool is an int to Python, not a grace

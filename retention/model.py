@@ -33,6 +33,13 @@ class ClientRegistry:
     ended_at_field: str
     active_statuses: tuple[str, ...]
     ended_statuses: tuple[str, ...]
+    retention_field: str | None = None  # a client's own grace (a duration, or days), overriding the rule's
+
+    @property
+    def fields(self) -> list[str]:
+        """The registry columns a verdict reads."""
+        return [self.id_field, self.status_field, self.ended_at_field,
+                *([self.retention_field] if self.retention_field else [])]
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,9 @@ class ClientCondition:
 
     field: str
     registry: ClientRegistry
-    ended_before: datetime
+    ended_before: datetime  # by the rule's grace
     states: ClientStates | None = None
+    now: datetime | None = None  # for a client's own grace (registry.retention_field): its own ended_before
 
 
 @dataclass(frozen=True)

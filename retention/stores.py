@@ -26,8 +26,8 @@ class Stores(dict[str, Connector]):
 
     def registry_rows(self, registry: ClientRegistry) -> list[Mapping[str, Any]]:
         if registry not in self._registry_rows:
-            self._registry_rows[registry] = list(self.rows(registry.connector).read_rows(
-                registry.table, [registry.id_field, registry.status_field, registry.ended_at_field]))
+            self._registry_rows[registry] = list(self.rows(registry.connector).read_rows(registry.table,
+                                                                                        registry.fields))
         return self._registry_rows[registry]
 
     def rows(self, name: str) -> RowTables:

@@ -57,7 +57,8 @@ def compile_rule(config: Config, rule: Rule, now: datetime, hmac_key: bytes | No
             if rule.expire.after and rule.expire.field else None
         client = None
         if rule.expire.client_field and config.clients and rule.expire.grace:
-            client = ClientCondition(rule.expire.client_field, config.clients, rule.expire.grace.before(now))
+            client = ClientCondition(rule.expire.client_field, config.clients, rule.expire.grace.before(now),
+                                     now=now)
     except (OverflowError, ValueError):
         raise UsageError(f"--now {rfc3339(now)} is too early for rule {rule.name!r}: its cutoff would fall before "
                          "year 1") from None
@@ -68,14 +69,15 @@ def compile_rule(config: Config, rule: Rule, now: datetime, hmac_key: bytes | No
 
 
 def with_registry(work: RuleWork, connectors: Stores) -> RuleWork:
-    """Give a rule the registry's verdict on clients when the registry lives in another store than its records.
+    """Give a rule the registry's verdict on clients when the registry lives in another store than its records, or
+    when clients have their own grace periods (`clients.retention_field`: judged here, the verdict pushed as lists).
 
     The registry is read once per run; each rule judges it against its own grace period.
     """
     client = work.selection.client
-    if client is None or client.registry.connector == work.rule.connector:
+    if client is None or (client.registry.connector == work.rule.connector and not client.registry.retention_field):
         return work
-    states = judge(connectors.registry_rows(client.registry), client.registry, client.ended_before)
+    states = judge(connectors.registry_rows(client.registry), client)
     return replace(work, selection=replace(work.selection, client=replace(client, states=states)))
 
 

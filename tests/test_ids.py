@@ -140,11 +140,11 @@ max_fraction = 1.0
 def test_a_date_registry_column_counts_as_ended() -> None:
     """A DATE `ended_at` is the midnight UTC that starts it, whichever store holds the records."""
     from retention.clients import judge
-    from retention.model import ClientRegistry
+    from retention.model import ClientCondition, ClientRegistry
 
     registry = ClientRegistry("app", "clients", "id", "status", "closed_at", ("active",), ("closed",))
-    states = judge([{"id": 7, "status": "closed", "closed_at": date(2026, 1, 1)}], registry,
-                   datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC))
+    states = judge([{"id": 7, "status": "closed", "closed_at": date(2026, 1, 1)}],
+                   ClientCondition("client_id", registry, datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)))
     assert (frozenset({"7"}), frozenset({"7"})) == (states.expired, states.known)
 
 

@@ -36,6 +36,7 @@ def clients_of(section: Section | None, connectors: dict[str, ConnectorConfig]) 
         ended_at_field=section.get("ended_at_field", str, "ended_at"),
         active_statuses=section.strings("active_statuses", ("active",)),
         ended_statuses=section.strings("ended_statuses", ("closed", "deletion_requested")),
+        retention_field=section.get("retention_field", str, None),
     )
     overlap = set(registry.active_statuses) & set(registry.ended_statuses)
     if overlap:
