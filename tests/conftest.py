@@ -12,7 +12,14 @@ import psycopg
 import pytest
 
 from retention.testing.sandbox import PSEUDONYM_KEY
-from tests.servers import dask_cluster, moto_server, postgres_server, seaweedfs_server
+from tests.servers import (
+    TimestampAuthority,
+    dask_cluster,
+    moto_server,
+    postgres_server,
+    seaweedfs_server,
+    tsa_server,
+)
 from tests.stores import MongoStore, PostgresStore, SqliteStore, Store
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -80,6 +87,13 @@ def seaweedfs_url() -> Iterator[str]:
     """A real S3 server (SeaweedFS) for the session: Object Lock semantics exactly like AWS."""
     with seaweedfs_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def tsa() -> Iterator[TimestampAuthority]:
+    """A local RFC 3161 time-stamping authority (openssl ts behind http.server) and its CA, for the session."""
+    with tsa_server() as authority:
+        yield authority
 
 
 @pytest.fixture(scope="session")

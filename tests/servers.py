@@ -245,3 +245,128 @@ def dask_cluster(workers: int = 2, env: dict[str, str] | None = None) -> Iterato
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TimestampAuthority:
+    """A local RFC 3161 TSA: `url` answers with `openssl ts -reply`; `ca` issued its certificate.
+
+    Other paths on the same server misbehave on purpose: `/http-500` answers HTTP 500, `/garbage` a reply that is no
+    TimeStampResp, `/reject` a well-formed refusal (its TSA accepts no SHA-256 imprint). `other_ca` is a CA that
+    issued nothing the TSA uses.
+    """
+
+    url: str
+    ca: Path
+    tsa_certificate: Path
+    other_ca: Path
+    authorizations: list[str | None]  # each query's Authorization header, in order
+
+    def at(self, path: str) -> str:
+        return self.url.rsplit("/", 1)[0] + path
+
+
+_TSA_CONFIG = """
+[ tsa ]
+default_tsa = tsa_ok
+
+[ tsa_ok ]
+serial = {base}/serial
+crypto_device = builtin
+signer_cert = {base}/tsa.pem
+signer_key = {base}/tsa.key
+signer_digest = sha256
+default_policy = 1.3.6.1.4.1.99999.1
+digests = sha256, sha384, sha512
+accuracy = secs:1
+ordering = yes
+tsa_name = yes
+ess_cert_id_chain = no
+ess_cert_id_alg = sha256
+
+[ tsa_reject ]
+serial = {base}/serial
+crypto_device = builtin
+signer_cert = {base}/tsa.pem
+signer_key = {base}/tsa.key
+signer_digest = sha256
+default_policy = 1.3.6.1.4.1.99999.1
+digests = sha512
+"""
+
+
+def _openssl(*args: str) -> None:
+    result = subprocess.run(["openssl", *args], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"openssl {args[0]} failed: {result.stderr[-2000:]}")
+
+
+def _make_tsa_pki(base: Path) -> None:
+    """A self-signed CA, a TSA certificate it issued (extendedKeyUsage critical, timeStamping), another CA."""
+    curve = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    ca_extensions = ("-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    for name, subject in (("ca", "/CN=retention test TSA CA"), ("other-ca", "/CN=retention test other CA")):
+        _openssl("req", "-x509", *curve, "-keyout", str(base / f"{name}.key"), "-out", str(base / f"{name}.pem"),
+                 "-days", "3650", "-subj", subject, *ca_extensions)
+    _openssl("req", "-new", *curve, "-keyout", str(base / "tsa.key"), "-out", str(base / "tsa.csr"),
+             "-subj", "/CN=retention test TSA")
+    (base / "tsa.ext").write_text("basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n"
+                                  "extendedKeyUsage = critical,timeStamping\n")
+    _openssl("x509", "-req", "-in", str(base / "tsa.csr"), "-CA", str(base / "ca.pem"), "-CAkey", str(base / "ca.key"),
+             "-set_serial", "2", "-days", "3650", "-extfile", str(base / "tsa.ext"), "-out", str(base / "tsa.pem"))
+    (base / "ts.cnf").write_text(_TSA_CONFIG.format(base=base))
+
+
+@contextlib.contextmanager
+def tsa_server() -> Iterator[TimestampAuthority]:
+    """A TSA over HTTP on 127.0.0.1 (a thread of this process): each query is answered by `openssl ts -reply`."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    base = Path(tempfile.mkdtemp(prefix="rtsa-"))
+    _make_tsa_pki(base)
+    serial = threading.Lock()  # openssl ts keeps its serial number in a file: one reply at a time
+    authorizations: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            query = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            authorizations.append(self.headers.get("Authorization"))
+            if self.path == "/http-500":
+                return self._answer(500, "text/plain", b"broken")
+            if self.path == "/garbage":
+                return self._answer(200, "application/timestamp-reply", b"\x30\x03\x02\x01\x00 not a reply")
+            if self.headers.get_content_type() != "application/timestamp-query" or self.path not in ("/tsr",
+                                                                                                       "/reject"):
+                return self._answer(400, "text/plain", b"not a timestamp query")
+            with serial, tempfile.NamedTemporaryFile(dir=base, suffix=".tsq") as file:
+                file.write(query)
+                file.flush()
+                section = "tsa_reject" if self.path == "/reject" else "tsa_ok"
+                result = subprocess.run(["openssl", "ts", "-reply", "-config", str(base / "ts.cnf"), "-section",
+                                         section, "-queryfile", file.name], capture_output=True)
+            if result.returncode:
+                return self._answer(500, "text/plain", result.stderr[-500:])
+            return self._answer(200, "application/timestamp-reply", result.stdout)
+
+        def _answer(self, status: int, kind: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="test-tsa", daemon=True)
+    thread.start()
+    try:
+        yield TimestampAuthority(f"http://127.0.0.1:{server.server_address[1]}/tsr", base / "ca.pem",
+                                 base / "tsa.pem", base / "other-ca.pem", authorizations)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        shutil.rmtree(base, ignore_errors=True)
