@@ -30,6 +30,7 @@ from retention.audit.events import (
     RunFinished,
     RunStarted,
 )
+from retention.audit.timestamp import Authority, check_url, load_ca, stamp_runs
 from retention.audit.writer import ChainHead, run_files
 from retention.config import Config
 from retention.config.model import SERIAL, THREADS
@@ -93,6 +94,7 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
     rules = select_rules(config, rule_names)
     keys = _run_keys(config, env)
     id_key = keys.record_ids
+    authority = _timestamp_authority(config, env)
 
     assert config.audit is not None  # _run_keys has checked
     worm_config = config.audit.worm
@@ -137,6 +139,8 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
         finally:
             report.out_of_time, report.replica_wait_seconds = pace.out_of_time, pace.paused_seconds
             _finish(audit, report, started, id_key is not None)
+            if authority:  # before the WORM copy, so that the tokens go with the files they vouch for
+                stamp_runs(authority, audit.names)
             if worm:
                 _copy_to_worm(worm, audit, config.audit.dir, report, clock())
             if config.job.metrics_file:
@@ -392,6 +396,23 @@ def _run_keys(config: Config, env: Environment) -> RunKeys:
     signing = load_private_key(Path(env.resolve(config.audit.signing_key, secret=False)))  # a path, not a secret
     pseudonyms = pseudonym_keys(config, env)
     return RunKeys(signing, pseudonyms.transform, pseudonyms.record_ids)
+
+
+def _timestamp_authority(config: Config, env: Environment) -> Authority | None:
+    """The configured TSA, read before anything connects: a wrong URL or an unreadable CA file is exit 2."""
+    assert config.audit is not None
+    settings = config.audit.timestamp
+    if settings is None:
+        return None
+    try:
+        url = check_url(env.resolve(settings.url))  # a secret: it may carry credentials
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=str(config.path), key="audit.timestamp.url") from None
+    try:
+        roots = load_ca(Path(env.resolve(settings.ca_file, secret=False)))
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=str(config.path), key="audit.timestamp.ca_file") from None
+    return Authority(url, roots)
 
 
 def _user() -> str:

@@ -13,7 +13,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from retention.audit.events import EVENTS, RUN_FILE, RunFiles
+from retention.audit.timestamp import TimestampPolicy, check_token, token_time
 from retention.audit.writer import GENESIS, sha256_hex
+from retention.timeutil import rfc3339
 
 OK = "ok"
 BAD_SIGNATURE = "bad signature"
@@ -22,6 +24,8 @@ MISSING_PREDECESSOR = "missing predecessor"
 ACKNOWLEDGED = "incomplete (acknowledged by a later run)"
 UNACKNOWLEDGED = "incomplete (unacknowledged)"
 NOT_A_RUN = "not an audit run file"
+NO_TIMESTAMP = "ok (no timestamp yet)"  # signed and sound; its RFC 3161 token is fetched by a later run
+BAD_TIMESTAMP = "bad timestamp"
 
 
 @dataclass
@@ -37,11 +41,15 @@ class RunCheck:
 
     @property
     def ok(self) -> bool:
-        return self.status in (OK, ACKNOWLEDGED)
+        return self.status in (OK, ACKNOWLEDGED, NO_TIMESTAMP)
 
 
-def verify(paths: Sequence[Path], keys: Sequence[Ed25519PublicKey]) -> list[RunCheck]:
-    """Check every run file under `paths` (files or folders), oldest first; one RunCheck per file."""
+def verify(paths: Sequence[Path], keys: Sequence[Ed25519PublicKey],
+           timestamps: TimestampPolicy | None = None) -> list[RunCheck]:
+    """Check every run file under `paths` (files or folders), oldest first; one RunCheck per file.
+
+    A run's `.tsr` token, where there is one, is checked too (against `timestamps.roots` when given).
+    """
     files, foreign, whole_folders = _collect(paths)
     checks = [_check_file(path, keys) for path in files]
     digests = {check.sha256: index for index, check in enumerate(checks) if check.sha256}
@@ -64,7 +72,32 @@ def verify(paths: Sequence[Path], keys: Sequence[Ed25519PublicKey]) -> list[RunC
         if check.status == UNACKNOWLEDGED and following.ok and following.events and \
                 following.events[0].get("previous_incomplete") is True:
             check.status = ACKNOWLEDGED
+    for check in checks:
+        _check_timestamp(check, timestamps or TimestampPolicy())
     return checks + [RunCheck(path, NOT_A_RUN, detail="foreign file in the audit dir") for path in foreign]
+
+
+def _check_timestamp(check: RunCheck, policy: TimestampPolicy) -> None:
+    """A sound signed run: its token must vouch for its bytes; without one it is a gap when tokens are expected."""
+    if check.status != OK or check.sha256 is None:
+        return  # a worse verdict stands; an unsigned run is covered by the token of the run that chains to it
+    path = RunFiles(check.path).timestamp
+    try:
+        reply = path.read_bytes()
+    except FileNotFoundError:
+        if policy.expected:
+            check.status = NO_TIMESTAMP
+        return
+    except OSError as exc:
+        check.status, check.detail = BAD_TIMESTAMP, f"{path.name} is unreadable: {exc.strerror}"
+        return
+    problem = check_token(reply, check.sha256, policy.roots)
+    if problem:
+        check.status, check.detail = BAD_TIMESTAMP, f"{path.name}: {problem}"
+        return
+    check.detail = f"timestamped {rfc3339(token_time(reply))}"
+    if not policy.roots:
+        check.detail += " (the token matches the file; its signature was not checked: no TSA CA given)"
 
 
 def _collect(paths: Sequence[Path]) -> tuple[list[Path], list[Path], bool]:

@@ -155,5 +155,7 @@ class AuditWriter:
         return self.path
 
     def files(self) -> list[Path]:
-        """The run's files: log, signature and (when record ids are hashed) the sidecar."""
-        return [self.path, self.names.signature, *([self.ids_path] if self._ids is not None else [])]
+        """The run's files: log, signature, the sidecar (when record ids are hashed) and the timestamp (once stored)."""
+        timestamp = self.names.timestamp
+        return [self.path, self.names.signature, *([self.ids_path] if self._ids is not None else []),
+                *([timestamp] if timestamp.exists() else [])]

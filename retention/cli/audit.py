@@ -12,8 +12,10 @@ import click
 from retention.audit import generate_keypair, load_private_key, load_public_keys, verify
 from retention.audit.find import find, record_name
 from retention.audit.summary import summarize
+from retention.audit.timestamp import TimestampPolicy, load_ca
 from retention.audit.writer import run_files
 from retention.cli.base import FORMAT, State, main
+from retention.config import config_path
 from retention.errors import ConfigError, UsageError
 from retention.render import as_json, markdown, table
 from retention.secrets import pseudonym_keys
@@ -40,10 +42,14 @@ def audit_keygen(private_key: Path, public_key: Path) -> None:
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--public-key", "public_keys", multiple=True, type=click.Path(path_type=Path), metavar="PEM",
               help="A public key to accept (repeatable, for rotated keys) [default: the configured signing key's].")
+@click.option("--tsa-ca", type=click.Path(path_type=Path), metavar="PEM",
+              help="The CA of the time-stamping authority, to check each run's .tsr token against (each signed run "
+                   "is then expected to have one) [default: audit.timestamp.ca_file].")
 @click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
 @click.pass_obj
-def audit_verify(state: State, paths: tuple[Path, ...], public_keys: tuple[Path, ...], fmt: str) -> None:
-    """Verify signatures, hash chains and run-to-run continuity [default: the audit dir]."""
+def audit_verify(state: State, paths: tuple[Path, ...], public_keys: tuple[Path, ...], tsa_ca: Path | None,
+                 fmt: str) -> None:
+    """Verify signatures, hash chains, run-to-run continuity and timestamps [default: the audit dir]."""
     if public_keys:
         keys = load_public_keys(list(public_keys))
     else:
@@ -55,7 +61,7 @@ def audit_verify(state: State, paths: tuple[Path, ...], public_keys: tuple[Path,
     for target in targets:
         if not target.exists():
             raise UsageError(f"{target} does not exist")
-    checks = verify(targets, keys)
+    checks = verify(targets, keys, _timestamp_policy(state, tsa_ca, needs_config=not (paths and public_keys)))
     if fmt == "json":
         click.echo(as_json([{"file": str(c.path), "run_id": c.run_id, "status": c.status, "ok": c.ok,
                              "detail": c.detail} for c in checks]))
@@ -67,6 +73,29 @@ def audit_verify(state: State, paths: tuple[Path, ...], public_keys: tuple[Path,
         click.echo(f"{len(checks)} files checked, {bad} with problems" if checks else "no audit runs found")
     if any(not c.ok for c in checks):
         sys.exit(EXIT_VERIFY_FAILED)
+
+
+def _timestamp_policy(state: State, tsa_ca: Path | None, *, needs_config: bool) -> TimestampPolicy:
+    """Tokens are expected when a TSA is configured or --tsa-ca is given; the CA is --tsa-ca, else the config's.
+
+    With files and keys named on the command line, a config file that does not exist is no error (a reviewer
+    checking a copy may have none): tokens found are then matched against their files, not checked against a CA.
+    """
+    if tsa_ca is not None:
+        try:
+            return TimestampPolicy(expected=True, roots=load_ca(tsa_ca))
+        except ValueError as exc:
+            raise UsageError(f"--tsa-ca: {exc}") from None
+    if not needs_config and not config_path(state.config_option).exists():
+        return TimestampPolicy()
+    audit_config = state.config.audit
+    settings = audit_config.timestamp if audit_config else None
+    if settings is None:
+        return TimestampPolicy()
+    try:
+        return TimestampPolicy(expected=True, roots=load_ca(Path(state.env.resolve(settings.ca_file, secret=False))))
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=str(state.config.path), key="audit.timestamp.ca_file") from None
 
 
 def _audit_dir(state: State) -> Path:

@@ -18,6 +18,7 @@ from retention.config.model import (
     JobConfig,
     RequestSource,
     Rule,
+    TimestampConfig,
     WormConfig,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "JobConfig",
     "RequestSource",
     "Rule",
+    "TimestampConfig",
     "WormConfig",
     "config_path",
     "load_config",

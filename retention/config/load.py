@@ -18,6 +18,7 @@ from retention.config.model import (
     Config,
     ConnectorConfig,
     JobConfig,
+    TimestampConfig,
     WormConfig,
 )
 from retention.config.rules import rules_of
@@ -154,9 +155,22 @@ def _audit(section: Section | None) -> AuditConfig | None:
         signing_key=section.setting("signing_key", None),
         record_ids=section.choice("record_ids", ("hashed", "none"), "") if section.has("record_ids") else "",
         worm=worm,
+        timestamp=_timestamp(section.section("timestamp")),
     )
     section.done()
     return audit
+
+
+def _timestamp(section: Section | None) -> TimestampConfig | None:
+    """`timestamp = { url = "https://tsa.example/tsr", ca_file = "tsa-ca.pem" }`: an RFC 3161 token per run."""
+    if section is None:
+        return None
+    url = section.setting("url")
+    if isinstance(url, str) and not url.startswith(("http://", "https://")):  # not quoted: it may carry credentials
+        raise section.error("url", "expected the http:// or https:// URL of an RFC 3161 time-stamping authority")
+    timestamp = TimestampConfig(url, section.setting("ca_file"))
+    section.done()
+    return timestamp
 
 
 def _connectors(section: Section) -> tuple[dict[str, ConnectorConfig], dict[str, ConnectorType]]:

@@ -44,11 +44,20 @@ class WormConfig:
 
 
 @dataclass(frozen=True)
+class TimestampConfig:
+    """The RFC 3161 time-stamping authority asked for a token over each signed run log, and the CA behind it."""
+
+    url: Setting  # may carry credentials: resolved as a secret, never shown
+    ca_file: Setting  # a path (PEM): the CA that issued the TSA's certificate
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     dir: Path
     signing_key: Setting | None
     record_ids: str  # hashed | none
     worm: WormConfig | None = None
+    timestamp: TimestampConfig | None = None
 
 
 @dataclass(frozen=True)
