@@ -18,8 +18,9 @@ lint: $(BIN)/retention
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: $(BIN)/retention lint  ## the whole suite; starts its own PostgreSQL server
+test: $(BIN)/retention lint  ## the whole suite; starts its own PostgreSQL server, renders the audit report in Chromium
 	scripts/ensure-postgres
+	scripts/ensure-chromium
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/retention  ## 2,000,000 rows on a throwaway PostgreSQL: the tool against hand-written SQL

@@ -6,15 +6,20 @@ import sys
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import click
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from retention.audit import generate_keypair, load_private_key, load_public_keys, verify
 from retention.audit.find import find, record_name
+from retention.audit.history import read_history
+from retention.audit.report_html import result_line, write_report
 from retention.audit.summary import summarize
 from retention.audit.timestamp import TimestampPolicy, load_ca
 from retention.audit.writer import run_files
-from retention.cli.base import FORMAT, State, main
+from retention.cli.base import FORMAT, State, main, utc_now
 from retention.config import config_path
 from retention.errors import ConfigError, UsageError
 from retention.render import as_json, markdown, table
@@ -50,18 +55,12 @@ def audit_keygen(private_key: Path, public_key: Path) -> None:
 def audit_verify(state: State, paths: tuple[Path, ...], public_keys: tuple[Path, ...], tsa_ca: Path | None,
                  fmt: str) -> None:
     """Verify signatures, hash chains, run-to-run continuity and timestamps [default: the audit dir]."""
-    if public_keys:
-        keys = load_public_keys(list(public_keys))
-    else:
-        config = state.config
-        if config.audit is None or config.audit.signing_key is None:
-            raise ConfigError("no --public-key given and no audit.signing_key configured")
-        keys = [load_private_key(Path(state.env.resolve(config.audit.signing_key, secret=False))).public_key()]
+    keys = _verification_keys(state, public_keys)
     targets = list(paths) or [_audit_dir(state)]
     for target in targets:
         if not target.exists():
             raise UsageError(f"{target} does not exist")
-    checks = verify(targets, keys, _timestamp_policy(state, tsa_ca, needs_config=not (paths and public_keys)))
+    checks = verify(targets, keys, timestamp_policy(state, tsa_ca, needs_config=not (paths and public_keys)))
     if fmt == "json":
         click.echo(as_json([{"file": str(c.path), "run_id": c.run_id, "status": c.status, "ok": c.ok,
                              "detail": c.detail} for c in checks]))
@@ -75,7 +74,7 @@ def audit_verify(state: State, paths: tuple[Path, ...], public_keys: tuple[Path,
         sys.exit(EXIT_VERIFY_FAILED)
 
 
-def _timestamp_policy(state: State, tsa_ca: Path | None, *, needs_config: bool) -> TimestampPolicy:
+def timestamp_policy(state: State, tsa_ca: Path | None, *, needs_config: bool) -> TimestampPolicy:
     """Tokens are expected when a TSA is configured or --tsa-ca is given; the CA is --tsa-ca, else the config's.
 
     With files and keys named on the command line, a config file that does not exist is no error (a reviewer
@@ -96,6 +95,16 @@ def _timestamp_policy(state: State, tsa_ca: Path | None, *, needs_config: bool) 
         return TimestampPolicy(expected=True, roots=load_ca(Path(state.env.resolve(settings.ca_file, secret=False))))
     except ValueError as exc:
         raise ConfigError(str(exc), source=str(state.config.path), key="audit.timestamp.ca_file") from None
+
+
+def _verification_keys(state: State, public_keys: tuple[Path, ...]) -> list[Ed25519PublicKey]:
+    """The --public-key files, else the public half of the configured signing key."""
+    if public_keys:
+        return load_public_keys(list(public_keys))
+    config = state.config
+    if config.audit is None or config.audit.signing_key is None:
+        raise ConfigError("no --public-key given and no audit.signing_key configured")
+    return [load_private_key(Path(state.env.resolve(config.audit.signing_key, secret=False))).public_key()]
 
 
 def _audit_dir(state: State) -> Path:
@@ -180,3 +189,33 @@ def audit_find(state: State, key: str, rules: tuple[str, ...], fmt: str) -> None
         click.echo(f"no run changed or held that record under {', '.join(rules)}")
     if not sightings:
         sys.exit(1)
+
+
+@audit.command("report")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, metavar="FILE.html",
+              help="Where to write the report (replaced atomically).")
+@click.option("--public-key", "public_keys", multiple=True, type=click.Path(path_type=Path), metavar="PEM",
+              help="A public key to accept (repeatable, for rotated keys) [default: the configured signing key's].")
+@click.pass_obj
+def audit_report(state: State, out: Path, public_keys: tuple[Path, ...]) -> None:
+    """One self-contained HTML page of the audit dir: runs and their verification, each rule over time, erasure
+    requests and the files that prove them, holds in force, how to verify with openssl. Reads no store; exits 5
+    (the report still written) when a run fails verification."""
+    keys = _verification_keys(state, public_keys)
+    directory = _audit_dir(state)
+    if not directory.is_dir():
+        raise UsageError(f"the audit dir {directory} does not exist")
+    config = state.config
+    assert config.audit is not None  # _audit_dir has checked
+    history = read_history(directory, keys, timestamp_policy(state, None, needs_config=True))
+    try:
+        write_report(history, out, generated=utc_now(), zone=ZoneInfo(config.job.timezone),
+                     worm_bucket=config.audit.worm.bucket if config.audit.worm else None)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report to {out}: {exc.strerror}") from None
+    problems = len(history.problems)
+    structlog.get_logger("retention").info("audit_report_written", path=str(out), runs=len(history.runs),
+                                           problems=problems)
+    click.echo(result_line(out, history))
+    if problems:
+        sys.exit(EXIT_VERIFY_FAILED)

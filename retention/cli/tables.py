@@ -12,7 +12,7 @@ from retention import __version__
 from retention import inspect as inspection
 from retention.audit import fingerprint, load_private_key, verify
 from retention.audit.certificate import VERIFY_LOG, certificate, gather
-from retention.audit.verify import ACKNOWLEDGED, OK
+from retention.cli.audit import timestamp_policy
 from retention.cli.base import FORMAT, State, main, utc_now
 from retention.errors import AuditError, ConfigError, VerificationFailed
 from retention.render import as_json, table
@@ -131,7 +131,9 @@ def requests_certificate(state: State, request_id: str, out: Path | None) -> Non
     key = load_private_key(Path(state.env.resolve(config.audit.signing_key, secret=False)))
     ((request, _),) = inspection.request_preview(config, state.env, utc_now(), request_id)
     evidence = gather(config.audit.dir, request.id)
-    checks = {check.path: check for check in verify([config.audit.dir], [key.public_key()])}
+    checks = {check.path: check for check in verify([config.audit.dir], [key.public_key()],
+                                                     timestamp_policy(state, None, needs_config=True))}
+    failing = [check for check in checks.values() if check.path in evidence.runs and not check.ok]
     result = request.result or {}
     done_by = result.get("run_id") if result.get("status") == "done" else None
     statement = {"id": request.id, "reason": request.reason,
@@ -149,9 +151,8 @@ def requests_certificate(state: State, request_id: str, out: Path | None) -> Non
     if done_by not in evidence.finished_at:
         raise AuditError(f"{config.requests.table if config.requests else 'the requests table'} says request "
                          f"{request.id!r} was done by run {done_by}, but no run in {config.audit.dir} shows it")
-    failing = [run for run in document["runs"] if run["verification"] not in (OK, ACKNOWLEDGED)]
     if failing:
-        names = ", ".join(f"{run['audit_file']} ({run['verification']})" for run in failing)
+        names = ", ".join(f"{check.path.name} ({check.status})" for check in failing)
         raise VerificationFailed(f"not certified: the audit files it rests on fail verification: {names}")
     text = as_json(document) + "\n"
     if out is None:
