@@ -18,6 +18,8 @@ def test_demo_plans_runs_and_verifies_in_a_fresh_folder(tmp_path: Path) -> None:
     assert "OK    " in result.stdout and "FAIL" not in result.stdout
     assert "events:web_sessions" in result.stdout  # the MongoDB rule, on the embedded server
     assert "files:demo-uploads" in result.stdout  # the S3 rule, on moto in-process
+    report = (demo / "report.html").resolve()  # two runs, requests and holds, for compliance (tests/test_report.py)
+    assert f"wrote {report}: 2 runs, 0 problems" in result.stdout and "r-4" in report.read_text()
     log = next((demo / "audit").glob("*.jsonl"))
     verified = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey",
                                str(demo / "keys" / "audit-public.pem"), "-rawin", "-in", str(log),
@@ -44,7 +46,7 @@ def test_every_command_the_demo_suggests_works_as_printed(tmp_path: Path) -> Non
     assert "r-4      pending" in result.stdout and "held by litigation-2026-017" in result.stdout
     suggested = result.stdout.split("Try:\n", 1)[1]
     commands = [line.strip() for line in suggested.replace("\\\n", " ").splitlines() if line.strip()]
-    assert 9 == len(commands)
+    assert 10 == len(commands)
     for command in commands[1:]:
         shell = subprocess.run(["bash", "-c", f"{commands[0]} && {command}"], capture_output=True, text=True,
                                cwd=tmp_path, env={k: v for k, v in os.environ.items() if not k.startswith("DEMO_")},

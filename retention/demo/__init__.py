@@ -12,15 +12,19 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from retention import inspect as inspection
 from retention import run as coordinator
 from retention.audit import load_private_key, verify
+from retention.audit.history import read_history
+from retention.audit.report_html import result_line, write_report
 from retention.config import load_config
 from retention.demo.sandbox import build
 from retention.demo.servers import embedded_mongodb, embedded_s3
 from retention.errors import UsageError
 from retention.render import report
+from retention.report import Report
 from retention.settings import Environment
 
 MARKER = ".retention-demo"
@@ -66,13 +70,24 @@ def _run_demo(directory: Path, now: datetime, echo: Callable[[str], None], mongo
     echo("== retention plan  (a dry run: nothing changes)\n")
     echo(report(inspection.plan(config, env, now), "table") + "\n")
     echo("== retention run\n")
-    result = coordinator.run(config, env, now, lambda: max(now, datetime.now(now.tzinfo)))
+
+    def clock() -> datetime:
+        return max(now, datetime.now(now.tzinfo))
+
+    result = coordinator.run(config, env, now, clock)
     echo(report(result, "table") + "\n")
+    echo("== retention run  (once more, as the next night's would: little has expired since, r-4 still waits)\n")
+    again = coordinator.run(config, env, clock(), clock)
+    echo(_in_one_line(again) + "\n")
     echo("== retention audit verify\n")
     assert config.audit is not None and config.audit.signing_key is not None
     key = load_private_key(Path(env.resolve(config.audit.signing_key))).public_key()
     for check in verify([config.audit.dir], [key]):
         echo(f"{'OK  ' if check.ok else 'FAIL'}  {check.path.name}  {check.status}")
+    echo("\n== retention audit report\n")
+    history = read_history(config.audit.dir, [key])
+    write_report(history, root / "report.html", generated=clock(), zone=ZoneInfo(config.job.timezone))
+    echo(result_line(root / "report.html", history))
     audit_file = result.audit_file
     retention = f"{_command('retention')} --config {root}/retention.toml"
     echo(f"""
@@ -83,6 +98,7 @@ server: every command below works as printed.
 What to open next:
   {root}/retention.toml   the rules, each citing its policy section
   {audit_file}   the signed audit log (one JSON event per line)
+  {root}/report.html   the audit report for compliance: runs, rules over time, requests, holds (open in a browser)
 Try:
   export RETENTION_PSEUDONYM_KEY=$(cat {root}/keys/pseudonym.key)
   {retention} check
@@ -92,10 +108,20 @@ Try:
   {retention} requests show r-3     # a child's data: deleted, and the audit file that proves it
   {retention} audit verify
   {retention} audit show {result.run_id}
+  {retention} audit report --out {root}/report.html
   openssl pkeyutl -verify -pubin -inkey {root}/keys/audit-public.pem -rawin \\
       -in {audit_file} -sigfile {audit_file}.sig
 """)
-    return result.exit_code
+    return result.exit_code or again.exit_code
+
+
+def _in_one_line(result: Report) -> str:
+    units = [*result.rules, *(unit for outcome in result.requests for unit in outcome.rules)]
+    requests = "; ".join(f"{outcome.request.id} {outcome.status}" + (f" ({', '.join(outcome.waiting_for)})"
+                                                                      if outcome.waiting_for else "")
+                         for outcome in result.requests)
+    return (f"run {result.run_id}: {result.status} (exit {result.exit_code}), "
+            f"{sum(unit.changed for unit in units)} records changed; requests: {requests or 'none pending'}")
 
 
 def _command(name: str) -> str:
