@@ -182,6 +182,28 @@ def test_markup_in_a_log_is_shown_as_text(tmp_path: Path) -> None:
     assert all(value in page.text for value in (rule, hold, request, "app<i>:t", "</td><script>"))
 
 
+def test_a_dry_run_proves_no_request_and_a_remainder_keeps_one_pending(tmp_path: Path) -> None:
+    """A request served only by a dry run is not yet served; records left after a real run keep it pending."""
+    sandbox = cookie_sandbox(tmp_path, runs=0)
+    key = load_private_key(sandbox.root / "audit-private.pem")
+    for number, dry_run in enumerate((True, False)):
+        writer = AuditWriter(sandbox.audit_dir, f"{number:016x}", NOW + timedelta(seconds=number),
+                             lambda: NOW, key, hashed_ids=False)
+        writer.event(RunStarted("1", "0" * 64, "h", "u", "n", False, dry_run, ["users"],
+                                fingerprint(key.public_key()), False, "none"))
+        for request, remaining in (("r-dry", 3), ("r-left", 2)):
+            if (request == "r-dry") == dry_run:
+                writer.event(RuleStarted("users", "app", "t", "delete", None, [], request, "end_user_request"))
+                writer.event(RuleFinished("users", 9, 3, 0 if dry_run else 1, 0, 0, 0, 5, request, remaining))
+        writer.event(RunFinished("ok", 0, 1, 0, 0, 0, 3, 1, 0, 0))
+        writer.close()
+    out = tmp_path / "report.html"
+    assert 0 == sandbox.cli("audit", "report", "--out", str(out)).exit_code
+    text = Page(out.read_text()).text
+    assert "r-dry end_user_request not yet served - #1 0000000000000000: dry run -" in text, text
+    assert "r-left end_user_request pending users: 2 records remain #2 0000000000000001: pending" in text, text
+
+
 def cookie_sandbox(tmp_path: Path, runs: int = 2) -> Sandbox:
     store = SqliteStore(tmp_path / "app.db")
     store.standard_schema()
