@@ -46,7 +46,7 @@ def test_every_command_the_demo_suggests_works_as_printed(tmp_path: Path) -> Non
     assert "r-4      pending" in result.stdout and "held by litigation-2026-017" in result.stdout
     suggested = result.stdout.split("Try:\n", 1)[1]
     commands = [line.strip() for line in suggested.replace("\\\n", " ").splitlines() if line.strip()]
-    assert 10 == len(commands)
+    assert 12 == len(commands)
     for command in commands[1:]:
         shell = subprocess.run(["bash", "-c", f"{commands[0]} && {command}"], capture_output=True, text=True,
                                cwd=tmp_path, env={k: v for k, v in os.environ.items() if not k.startswith("DEMO_")},
@@ -54,5 +54,9 @@ def test_every_command_the_demo_suggests_works_as_printed(tmp_path: Path) -> Non
         assert 0 == shell.returncode, f"{command}\n{shell.stdout}{shell.stderr}"
         if "requests show r-3" in command:
             assert "child_data" in shell.stdout and "After (run" in shell.stdout and ": done" in shell.stdout
+        if "requests certificate r-3" in command:
+            assert "r-3-certificate.json.sig" in shell.stdout
+        if "audit find 2" in command:
+            assert "changed" in shell.stdout and "cookie-data-24-months" in shell.stdout
         if "holds list" in command:
             assert "tax-audit-2026" in shell.stdout and "litigation-2026-017" in shell.stdout

@@ -106,6 +106,8 @@ Try:
   {retention} holds list            # the config's hold, and the one legal wrote in legal_holds
   {retention} requests list         # r-4 waits for the litigation hold
   {retention} requests show r-3     # a child's data: deleted, and the audit file that proves it
+  {retention} requests certificate r-3 --out {root}/r-3-certificate.json   # signed, for the person who asked
+  {retention} audit find 2 --rule cookie-data-24-months   # which run deleted cookie event 2 (by its keyed hash)
   {retention} audit verify
   {retention} audit show {result.run_id}
   {retention} audit report --out {root}/report.html
