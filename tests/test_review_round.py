@@ -141,3 +141,133 @@ def test_a_rule_whose_approval_count_failed_does_not_run_unapproved(approval_box
     result = approval_box.cli("run", "--now", NOW_TEXT, "--approved", str(path), "--format", "json")
     assert 3 == result.exit_code, result.stdout
     assert before == pg_store.fingerprint()
+
+
+# -- 2. audit find ---------------------------------------------------------------------------------------------------
+
+
+def _cookie_box(pg_store: PostgresStore, tmp_path: Path) -> Sandbox:
+    pg_store.standard_schema()
+    add_cookies(pg_store, NOW, timedelta(days=800), timedelta(days=1))
+    sandbox = make_sandbox(tmp_path / "sandbox", pg_store)
+    sandbox.write(COOKIE_RULE, clients=False)
+    assert 0 == sandbox.cli("run", "--now", NOW_TEXT).exit_code
+    return sandbox
+
+
+def test_find_does_not_report_a_forged_sidecar_line(pg_store: PostgresStore, tmp_path: Path) -> None:
+    """find reads the sidecars without checking them against the signed digests (run_finished's sidecar SHA-256,
+    each batch's ids_digest): one appended line makes it answer "changed by run X" (exit 0) for a record X never
+    touched, while `audit verify` says the run is bad. Evidence an auditor relies on must be verified evidence."""
+    sandbox = _cookie_box(pg_store, tmp_path)
+    from retention.audit.find import record_name
+    from retention.secrets import pseudonym_keys
+    from retention.config import load_config
+    from retention.settings import Environment
+
+    config = load_config(sandbox.config)
+    id_key = pseudonym_keys(config, Environment(sandbox.env())).record_ids
+    assert id_key is not None
+    sidecar = next(sandbox.audit_dir.glob("*.ids"))
+    with sidecar.open("a", encoding="utf-8") as handle:
+        handle.write(f"changed cookies {record_name('1', id_key)}\n")  # record 1 is a day old: never deleted
+    assert 5 == sandbox.cli("audit", "verify").exit_code
+    result = sandbox.cli("audit", "find", "1", "--rule", "cookies", "--format", "json")
+    assert result.exit_code != 0 and not json.loads(result.stdout or '{"found": []}')["found"], result.stdout
+
+
+def test_find_takes_a_uuid_key_in_capitals(pg_store: PostgresStore, tmp_path: Path) -> None:
+    """A PostgreSQL uuid key is named by its lower-case text; an auditor who pastes it in capitals (as many tools
+    show uuids) is told "no run changed or held that record" (exit 1): a false negative. retention.ids treats a uuid
+    in either case as one id everywhere else."""
+    pg_store.execute("CREATE TABLE visits (id UUID PRIMARY KEY, created TIMESTAMPTZ)")
+    key = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
+    pg_store.execute(f"INSERT INTO visits VALUES ('{key}', now() - interval '900 days')")
+    sandbox = make_sandbox(tmp_path / "sandbox", pg_store)
+    sandbox.write(COOKIE_RULE.replace("cookie_events", "visits").replace("collected_at", "created"), clients=False)
+    assert 0 == sandbox.cli("run").exit_code
+    assert 0 == sandbox.cli("audit", "find", key, "--rule", "cookies").exit_code
+    assert 0 == sandbox.cli("audit", "find", key.upper(), "--rule", "cookies").exit_code
+
+
+def test_find_takes_a_text_key_that_starts_with_a_bracket_and_never_echoes_it(pg_store: PostgresStore,
+                                                                              tmp_path: Path) -> None:
+    """Any KEY starting with "[" is taken for a composite key: a text key such as "[draft] jane.doe@example.org" can
+    never be looked up (exit 2), and the error echoes the key -- a personal value -- to stderr (and any log
+    shipper). A composite key needs its own flag (or a valid JSON array of 2+), a plain key is plain text."""
+    pg_store.execute("CREATE TABLE notes (id TEXT PRIMARY KEY, created TIMESTAMPTZ)")
+    pg_store.execute("INSERT INTO notes VALUES ('[draft] jane.doe@example.org', now() - interval '900 days')")
+    sandbox = make_sandbox(tmp_path / "sandbox", pg_store)
+    sandbox.write(COOKIE_RULE.replace("cookie_events", "notes").replace("collected_at", "created"), clients=False)
+    assert 0 == sandbox.cli("run").exit_code
+    result = sandbox.cli("audit", "find", "[draft] jane.doe@example.org", "--rule", "cookies")
+    assert "jane.doe@example.org" not in result.stderr
+    assert 0 == result.exit_code, result.stdout + result.stderr
+
+
+# -- 3. requests certificate -----------------------------------------------------------------------------------------
+
+
+def _held_request(sandbox: Sandbox, pg_store: PostgresStore) -> dict[str, Any]:
+    """r-7 served by a run in which a legal hold kept every record: pending, nothing changed."""
+    from tests.test_requests import request, run
+
+    request(pg_store, "r-7", "c-active", "user0@example.org", "end_user_request")
+    sandbox.config.write_text(sandbox.config.read_text() + '\n[[holds]]\nname = "lit-9"\nclient_ids = ["c-active"]\n')
+    first = run(sandbox)
+    assert [("pending",)] == pg_store.query("SELECT status FROM erasure_requests")
+    return first
+
+
+def _lie(pg_store: PostgresStore, **changes: Any) -> None:
+    """Rewrite the requests table's status and result (a table anyone with write access can edit)."""
+    result = json.loads(pg_store.query("SELECT result FROM erasure_requests")[0][0])
+    pg_store.execute("UPDATE erasure_requests SET status = 'done', result = :result",
+                     {"result": json.dumps({**result, **changes})})
+
+
+
+@pytest.fixture
+def requests_box(tmp_path: Path, pg_store: PostgresStore, mongo_store: MongoStore, moto_url: str) -> Sandbox:
+    from tests.test_requests import sandbox as build
+
+    return build.__wrapped__(tmp_path, pg_store, mongo_store, moto_url)  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_certificate_is_not_issued_for_a_run_that_erased_nothing(requests_box: Sandbox,
+                                                                   pg_store: PostgresStore) -> None:
+    """The certificate takes "done" and the completing run from the requests table and checks only that the run
+    served the request. A table edited to say done by a run in which a legal hold kept every record (changed 0,
+    held 1 in every unit, all signed in the log) gets a signed certificate of completion, exit 0. Completion must
+    come from the signed log: in that run every unit finished, none held, none remaining, not a dry run."""
+    first = _held_request(requests_box, pg_store)
+    _lie(pg_store, status="done", waiting_for=[])
+    result = requests_box.cli("requests", "certificate", "r-7")
+    work = json.loads(result.stdout)["work"] if result.stdout.strip().startswith("{") else []
+    assert all(w["held"] == 1 and w["changed"] == 0 and w["run_id"] == first["run_id"] for w in work)
+    assert 0 != result.exit_code, result.stdout
+
+
+def test_a_certificate_over_a_result_whose_run_id_is_a_list_is_a_clear_refusal(requests_box: Sandbox,
+                                                                               pg_store: PostgresStore) -> None:
+    """result.run_id is untrusted JSON: a list makes `done_by not in evidence.finished_at` raise TypeError
+    (unhashable): 'unexpected TypeError', exit 1, instead of the AuditError naming the table."""
+    first = _held_request(requests_box, pg_store)
+    _lie(pg_store, status="done", run_id=[first["run_id"]])
+    result = requests_box.cli("requests", "certificate", "r-7")
+    assert "unexpected" not in result.stderr and "erasure_requests" in result.stderr, result.stderr
+
+
+def test_a_certificate_never_prints_free_text_from_the_requests_table(requests_box: Sandbox,
+                                                                      pg_store: PostgresStore) -> None:
+    """received_at is printed as the store gave it when it is no instant: a text column holding a note about the
+    person ("phoned by jane.doe@example.org") goes into the signed certificate. SPEC 5: no field values."""
+    pg_store.execute("ALTER TABLE erasure_requests ALTER COLUMN received_at TYPE TEXT")
+    from tests.test_requests import request, run
+
+    request(pg_store, "r-9", "c-active", None, "client_instruction")
+    pg_store.execute("UPDATE erasure_requests SET received_at = 'phoned by jane.doe@example.org'")
+    run(requests_box)
+    result = requests_box.cli("requests", "certificate", "r-9")
+    assert 0 == result.exit_code, result.stdout + result.stderr
+    assert "jane.doe" not in result.stdout
