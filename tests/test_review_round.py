@@ -271,3 +271,70 @@ def test_a_certificate_never_prints_free_text_from_the_requests_table(requests_b
     result = requests_box.cli("requests", "certificate", "r-9")
     assert 0 == result.exit_code, result.stdout + result.stderr
     assert "jane.doe" not in result.stdout
+
+
+# -- 5. per-client retention -----------------------------------------------------------------------------------------
+
+
+def _retention_box(pg_store: PostgresStore, tmp_path: Path, column: str) -> Sandbox:
+    from tests.test_client_retention import configure
+
+    pg_store.standard_schema()
+    pg_store.execute(f"ALTER TABLE clients ADD COLUMN retention {column}")
+    sandbox = make_sandbox(tmp_path / "sandbox", pg_store)
+    configure(sandbox)
+    return sandbox
+
+
+def test_an_interval_of_one_month_is_a_calendar_month(pg_store: PostgresStore, tmp_path: Path) -> None:
+    """psycopg turns interval '1 month' into timedelta(days=30), so a client whose contract says one month is
+    judged by 30 days: ended 2026-10-29 12:00, it expires on 2026-11-29 03:00 (one calendar month back is
+    2026-10-29 03:00, SPEC 3's calendar arithmetic, as the text "1 month" in the same column gives). Its end users
+    are anonymized a day early. Read intervals as text (or justify_interval + months) in the query."""
+    from datetime import UTC, datetime
+
+    sandbox = _retention_box(pg_store, tmp_path, "INTERVAL")
+    pg_store.insert("clients", [{"id": "c-month", "status": "closed", "retention": "1 month",
+                                 "closed_at": datetime(2026, 10, 29, 12, 0, tzinfo=UTC)}])
+    pg_store.insert("end_users", [{"id": 1, "client_id": "c-month", "email": "user1@example.org"}])
+    planned = json.loads(sandbox.cli("plan", "--now", NOW_TEXT, "--format", "json").stdout)["rules"][0]
+    assert 0 == planned["matched"], planned
+    pg_store.execute("ALTER TABLE clients ALTER COLUMN retention TYPE TEXT USING '1 month'")
+    assert 0 == json.loads(sandbox.cli("plan", "--now", NOW_TEXT, "--format", "json").stdout)["rules"][0]["matched"]
+
+
+def test_an_interval_too_long_for_python_makes_one_client_unknown_not_every_rule_crash(pg_store: PostgresStore,
+                                                                                        tmp_path: Path) -> None:
+    """interval '3000000 years' is valid PostgreSQL; psycopg cannot load it (timedelta's limit), and the registry
+    read raises DataError: `plan` dies with 'unexpected DataError' (exit 1, no rule reported), a run fails every
+    client-lifetime rule. The commit promises an unreadable value makes that client's records unknown_age."""
+    sandbox = _retention_box(pg_store, tmp_path, "INTERVAL")
+    pg_store.insert("clients", [{"id": "c-huge", "status": "closed", "retention": "3000000 years",
+                                 "closed_at": NOW - timedelta(days=400)},
+                                {"id": "c-gone", "status": "closed", "closed_at": NOW - timedelta(days=400)}])
+    pg_store.insert("end_users", [{"id": 1, "client_id": "c-huge"}, {"id": 2, "client_id": "c-gone"}])
+    result = sandbox.cli("plan", "--now", NOW_TEXT, "--format", "json")
+    assert 0 == result.exit_code, result.stderr
+    rule = json.loads(result.stdout)["rules"][0]
+    assert (1, 1) == (rule["matched"], rule["unknown_age"]), rule
+
+
+def test_a_client_reactivated_during_the_run_keeps_its_records_with_a_retention_field(
+        pg_store: PostgresStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC 3: statements re-check the predicate at the moment of change. Without retention_field the registry join
+    does (tests/test_races.py). With it, even when the registry is in the same database, the verdict is judged once
+    from registry rows cached for the whole run and pushed as lists: a client re-activated after the count (or
+    hours earlier in a long run) still has its end users anonymized. Here: re-activated just before the batches."""
+    from tests.conformance import seed_clients
+
+    sandbox = _retention_box(pg_store, tmp_path, "TEXT")  # every client's own grace empty: the rule's 30 days
+    seed_clients(pg_store, NOW)
+    real = SqlConnector.apply
+
+    def reactivate_first(self: SqlConnector, *args: Any, **kwargs: Any) -> Any:
+        pg_store.execute("UPDATE clients SET status = 'active', closed_at = NULL WHERE id = 'c-gone'")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlConnector, "apply", reactivate_first)
+    assert 0 == sandbox.cli("run", "--now", NOW_TEXT).exit_code
+    assert [(4,)] == pg_store.query("SELECT id FROM end_users WHERE anonymized_at IS NOT NULL ORDER BY id")
