@@ -338,3 +338,68 @@ def test_a_client_reactivated_during_the_run_keeps_its_records_with_a_retention_
     monkeypatch.setattr(SqlConnector, "apply", reactivate_first)
     assert 0 == sandbox.cli("run", "--now", NOW_TEXT).exit_code
     assert [(4,)] == pg_store.query("SELECT id FROM end_users WHERE anonymized_at IS NOT NULL ORDER BY id")
+
+
+def test_an_approval_binds_the_stores_it_was_reviewed_against(approval_box: Sandbox, pg_store: PostgresStore,
+                                                              postgres_url: str) -> None:
+    """The approval binds the config file's bytes, but connectors' `${NAME}` values (url, database, endpoint) are
+    outside them: a plan reviewed against staging (APP_DATABASE_URL=staging) approves a run against any other
+    database with no more matched records. Here a run on another database deletes 10 records nobody reviewed.
+    Bind the resolved, non-secret connector identities (driver, host, port, database; endpoint, bucket) in the
+    approval (a hash of them beside config_sha256), and refuse when they differ. (SPEC 2 names only the config's
+    hash: a design gap rather than a deviation.)"""
+    import uuid
+
+    import psycopg
+
+    path = saved_plan(approval_box)  # reviewed against pg_store's database
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        other = PostgresStore(f"{postgres_url.rpartition('/')[0]}/{name}")
+        other.standard_schema()
+        add_cookies(other, NOW, *[timedelta(days=900)] * 10)
+        result = approval_box.cli("run", "--now", NOW_TEXT, "--approved", str(path), "--format", "json",
+                                  env={"APP_DATABASE_URL": other.url})
+        left = other.scalar("SELECT count(*) FROM cookie_events")
+        other.engine.dispose()
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    assert (3, 10) == (result.exit_code, left), result.stdout
+
+
+def test_a_stop_after_the_last_batch_starts_no_store_wide_recount(pg_store: PostgresStore, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The after-count (`_execute`: connector.count afresh) never consults the stop flag or the time budget: a
+    SIGTERM or max_duration arriving after the last batch still runs a full recount (on S3 a whole listing plus a
+    HEAD per object for metadata ages, then the held-ids listing), long past Kubernetes' grace period -> SIGKILL ->
+    an unsigned log. With a stop pending the unit should skip it (remaining: null, "not counted")."""
+    from retention import run as coordinator
+    from retention.config import load_config
+    from retention.settings import Environment
+
+    pg_store.standard_schema()
+    add_cookies(pg_store, NOW, *[timedelta(days=800)] * 3)
+    sandbox = make_sandbox(tmp_path / "sandbox", pg_store)
+    sandbox.write(COOKIE_RULE, clients=False)
+    stop, counts_after_stop = [False], [0]
+    real_apply, real_count = SqlConnector.apply, SqlConnector.count
+
+    def apply_then_stop(self: SqlConnector, *args: Any, **kwargs: Any) -> Any:
+        yield from real_apply(self, *args, **kwargs)
+        stop[0] = True  # SIGTERM right after the last batch
+
+    def count(self: SqlConnector, selection: Any) -> Any:
+        counts_after_stop[0] += stop[0]
+        return real_count(self, selection)
+
+    monkeypatch.setattr(SqlConnector, "apply", apply_then_stop)
+    monkeypatch.setattr(SqlConnector, "count", count)
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    report = coordinator.run(load_config(sandbox.config), Environment(), NOW, lambda: NOW,
+                             should_stop=lambda: stop[0])
+    assert 3 == report.rules[0].changed
+    assert 0 == counts_after_stop[0]
