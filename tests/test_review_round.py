@@ -403,3 +403,34 @@ def test_a_stop_after_the_last_batch_starts_no_store_wide_recount(pg_store: Post
                              should_stop=lambda: stop[0])
     assert 3 == report.rules[0].changed
     assert 0 == counts_after_stop[0]
+
+
+def test_an_approved_run_never_changes_more_than_approved_even_if_records_arrive_after_the_check(
+        approval_box: Sandbox, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_refused` counts every rule up front, then each unit counts again and applies with limit = its own count.
+    Records that become matched in between (a backfill of old rows, a late rule hours into a long run) are changed
+    although the approval allowed 10 x 1.1: here 30 are deleted under an approval of 10. The approved ceiling
+    (approved x (1 + F)) should bound the unit: limit = min(count, ceiling), or re-check the unit's count."""
+    path = saved_plan(approval_box)  # 10 approved
+    real, calls = SqlConnector.count, {"n": 0}
+
+    def backfill_before_the_units_count(self: SqlConnector, selection: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the unit's own count, after the approval's
+            add_cookies(pg_store, NOW, *[timedelta(days=800)] * 30)  # ids 0..29: replace the 10 with 30
+        return real(self, selection)
+
+    pg_store.execute("DELETE FROM cookie_events")
+    add_cookies(pg_store, NOW, *[timedelta(days=800)] * 10)
+    monkeypatch.setattr(SqlConnector, "count", backfill_before_the_units_count)
+    monkeypatch.setattr(pg_store, "insert", _upsert(pg_store))
+    result = approval_box.cli("run", "--now", NOW_TEXT, "--approved", str(path), "--format", "json")
+    changed = json.loads(result.stdout)["rules"][0]["changed"]
+    assert changed <= 11, result.stdout
+
+
+def _upsert(store: PostgresStore) -> Any:
+    def insert(table: str, rows: list[dict[str, Any]]) -> None:
+        store.execute(f"INSERT INTO {table} (id, visitor_id, collected_at, ip) VALUES "
+                      "(:id, :visitor_id, :collected_at, :ip) ON CONFLICT (id) DO NOTHING", rows)
+    return insert
