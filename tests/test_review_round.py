@@ -434,3 +434,14 @@ def _upsert(store: PostgresStore) -> Any:
         store.execute(f"INSERT INTO {table} (id, visitor_id, collected_at, ip) VALUES "
                       "(:id, :visitor_id, :collected_at, :ip) ON CONFLICT (id) DO NOTHING", rows)
     return insert
+
+
+def test_find_over_a_missing_audit_dir_is_an_error_not_a_negative(pg_store: PostgresStore, tmp_path: Path) -> None:
+    """With audit.dir wrong (a typo, a fresh container before the WORM copy is fetched) find says "no run changed
+    or held that record" and exits 1 -- the answer an auditor records as "the job never touched it". A dir that
+    does not exist (or holds no run) is an error naming it (exit 2)."""
+    pg_store.standard_schema()
+    sandbox = make_sandbox(tmp_path / "sandbox", pg_store)
+    sandbox.write(COOKIE_RULE, clients=False)
+    result = sandbox.cli("audit", "find", "1", "--rule", "cookies")
+    assert 2 == result.exit_code and str(sandbox.audit_dir) in result.stderr, result.stdout + result.stderr
