@@ -76,7 +76,7 @@ def load(path: Path) -> Approval:
         raise ConfigError(f"cannot read the approval file: {exc.strerror}", source=str(path)) from None
     try:
         document = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, too many digits; too deep
         raise ConfigError("is not an approval file (not JSON): write one with `retention plan --save PATH`",
                           source=str(path)) from None
     if not isinstance(document, dict) or document.get("kind") != KIND:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -101,6 +102,8 @@ def run(state: State, rules: tuple[str, ...], now_text: str | None, dry_run: boo
     config = with_executor(state.config, executor_text) if executor_text else state.config
     if tolerance is not None and approved_path is None:
         raise UsageError("--tolerance applies to --approved only")
+    if tolerance is not None and not math.isfinite(tolerance):
+        raise UsageError(f"--tolerance must be a finite fraction, got {tolerance}")
     approval = approvals.load(approved_path) if approved_path else None
     with stop_on_signals() as stop:
         result = coordinator.run(config, state.env, override or utc_now(), utc_now, rule_names=rules,
