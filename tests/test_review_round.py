@@ -161,8 +161,8 @@ def test_find_does_not_report_a_forged_sidecar_line(pg_store: PostgresStore, tmp
     touched, while `audit verify` says the run is bad. Evidence an auditor relies on must be verified evidence."""
     sandbox = _cookie_box(pg_store, tmp_path)
     from retention.audit.find import record_name
-    from retention.secrets import pseudonym_keys
     from retention.config import load_config
+    from retention.secrets import pseudonym_keys
     from retention.settings import Environment
 
     config = load_config(sandbox.config)
