@@ -6,6 +6,7 @@ import calendar
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cache
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(day|week|month|year)s?\s*$", re.IGNORECASE)
 
@@ -29,6 +30,25 @@ class Duration:
             return instant - timedelta(weeks=self.amount)
         months = self.amount * (12 if self.unit == "year" else 1)
         return _minus_months(instant, months)
+
+    def longest(self) -> timedelta:
+        """The longest span this duration can cover (24 months: 731 days), to compare it with a fixed span: one at
+        least this long never ends before the duration does, whatever the date."""
+        if self.unit in ("day", "week"):
+            return timedelta(days=self.amount * (7 if self.unit == "week" else 1))
+        return timedelta(days=_longest_months(self.amount * (12 if self.unit == "year" else 1)))
+
+
+@cache
+def _longest_months(months: int) -> int:
+    """Days in the longest span of `months` calendar months. Counted back from each month's last day (clamping
+    reaches furthest back from there) over one 400-year cycle, after which the Gregorian calendar repeats."""
+    longest = 0
+    for index in range(2400 * 12, 2800 * 12):
+        year, month = divmod(index, 12)
+        end = datetime(year, month + 1, calendar.monthrange(year, month + 1)[1], tzinfo=UTC)
+        longest = max(longest, (end - _minus_months(end, months)).days)
+    return longest
 
 
 def _minus_months(instant: datetime, months: int) -> datetime:

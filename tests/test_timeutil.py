@@ -29,6 +29,14 @@ def test_calendar_arithmetic(now: datetime, duration: str, expected: datetime) -
     assert expected == parse_duration(duration).before(now)
 
 
+@pytest.mark.parametrize(("duration", "days"), [
+    ("30 days", 30), ("2 weeks", 14), ("1 month", 31), ("2 months", 62), ("1 year", 366), ("24 months", 731),
+])
+def test_longest_span_of_a_duration(duration: str, days: int) -> None:
+    """The longest a calendar duration can last: 2 months from 31 August back to 30 June are 62 days."""
+    assert timedelta(days=days) == parse_duration(duration).longest()
+
+
 def test_offsets_are_converted_to_utc_first() -> None:
     """The cutoff of an instant given with an offset is computed on its UTC value."""
     tokyo = datetime(2026, 3, 1, 5, tzinfo=timezone(timedelta(hours=9)))  # 2026-02-28T20:00Z
