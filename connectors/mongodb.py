@@ -15,11 +15,12 @@ from pymongo.collection import Collection
 from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, OperationFailure, PyMongoError
 
 from connectors.mongodb_batches import Batches
+from connectors.mongodb_expiry import ttl_indexes
 from connectors.mongodb_filters import NOTHING, Filter, all_of, class_filters
 from connectors.mongodb_lag import majority_commit_lag
 from connectors.mongodb_updates import get_path, pipeline
 from retention.clients import judge
-from retention.connector import ConnectorDefaults, Option
+from retention.connector import ConnectorDefaults, NativeRule, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
 from retention.ids import mongo_values
 from retention.model import (
@@ -119,6 +120,14 @@ class MongoConnector(ConnectorDefaults):
         except TargetMissing as exc:
             return [str(exc)]
         return []  # documents have no schema to check fields against; odd values are unknown_age
+
+    def native_expiry(self, selection: Selection) -> list[NativeRule]:
+        """The TTL indexes of the rule's collection: MongoDB deletes by them whatever the rules and holds say."""
+        collection = self._collection(selection.target)
+        try:
+            return ttl_indexes(collection.index_information())
+        except PyMongoError as exc:
+            raise ConnectorError(f"cannot list the indexes of {collection.name}: {_summary(exc)}") from None
 
     # -- registry ---------------------------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -100,6 +102,40 @@ class ScanAdvice(Protocol):
 
     def scan_warnings(self, selection: Selection) -> list[str]:
         """Why each run would read the whole target (no index on the age field, say); empty when all is well."""
+        ...
+
+
+class Deletes(StrEnum):
+    """What a native expiry removes."""
+
+    DOCUMENTS = "documents"
+    OBJECTS = "objects"  # current objects (on a bucket with versioning suspended, the `null` version for good)
+    NONCURRENT = "noncurrent versions"
+    NOTHING = "nothing"  # S3 Expiration on a versioned bucket: a delete marker hides the object, its data stays
+
+
+@dataclass(frozen=True)
+class NativeRule:
+    """An expiry the store applies by itself, ignoring the rules and their holds: a TTL index, a lifecycle rule."""
+
+    kind: str  # "TTL index" | "lifecycle rule"
+    name: str  # the index name or lifecycle rule ID as the store gave it: untrusted text, shown repr'd
+    deletes: Deletes
+    after: timedelta | None  # this long after `field` (the earliest it can delete); None: from `on` on
+    field: str  # what it ages by: a TTL index's field; S3 lifecycle: LastModified (the object's creation)
+    on: datetime | None = None  # S3 Expiration.Date: everything it covers from this date on, whatever its age
+    narrowed: tuple[str, ...] = ()  # what limits it to part of the target (partial filter, tags): it may apply
+
+
+@runtime_checkable
+class NativeExpiry(Protocol):
+    """A store that deletes by itself on a schedule of its own (TTL indexes, lifecycle rules), which `check` compares
+    with the rules."""
+
+    def native_expiry(self, selection: Selection) -> list[NativeRule]:
+        """Every enabled native expiry that can remove records of the selection's target (and S3 prefix).
+
+        Raises a RetentionError when the store will not tell (no right to read its configuration)."""
         ...
 
 

@@ -15,6 +15,7 @@ from retention.config import Config, Hold
 from retention.connector import ScanAdvice
 from retention.errors import ConfigError, RetentionError, UsageError
 from retention.execute import assess, report_for
+from retention.expiry import ExpiryFinding, native_findings
 from retention.holds import load_holds
 from retention.privileges import missing_grants
 from retention.progress import Progress, Silent
@@ -66,10 +67,12 @@ class TargetCheck:
     unreachable: bool = False
     grants: tuple[str, ...] = ()  # GRANT statements that would give the role what the rules need
     warnings: tuple[str, ...] = ()  # works, but costs more than it should (a whole-table scan every run)
+    expiry: tuple[ExpiryFinding, ...] = ()  # the store's own TTL indexes or lifecycle rules on the target
 
 
 def check(config: Config, env: Environment, now: datetime) -> list[TargetCheck]:
-    """Connect to every connector and confirm each rule's target and fields exist with usable types."""
+    """Connect to every connector and confirm each rule's target and fields exist with usable types, and compare
+    the native expiry on each target (TTL indexes, lifecycle rules) with its rule."""
     results = []
     with open_connectors(config, env, config.rules) as connectors:
         if config.holds_source:
@@ -98,7 +101,8 @@ def check(config: Config, env: Environment, now: datetime) -> list[TargetCheck]:
                     problems += [p for p in connector.check(unit.selection, unit.action) if p not in problems]
                 advice = connector.scan_warnings(work.selection) if isinstance(connector, ScanAdvice) and \
                     not problems else []
-                results.append(TargetCheck(rule.name, target, tuple(problems), warnings=tuple(advice)))
+                expiry = native_findings(config, rule, connector, work.selection, now) if not problems else ()
+                results.append(TargetCheck(rule.name, target, tuple(problems), warnings=tuple(advice), expiry=expiry))
             except RetentionError as exc:
                 results.append(TargetCheck(rule.name, target, (str(exc),), unreachable=True))
         try:

@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # the scheduler loads only for `retention schedule`
 @click.option("--offline", is_flag=True, help="Validate the file only: no connection, no environment variable.")
 @click.pass_obj
 def check(state: State, offline: bool) -> None:
-    """Validate the config; unless --offline, confirm every target and field exists with a usable type."""
+    """Validate the config; unless --offline, confirm every target and field exists with a usable type, and
+    compare native expiry (TTL indexes, S3 lifecycle rules) with the rules."""
     config = state.config
     if offline:
         click.echo(f"{config.path}: ok ({_count(len(config.rules), 'rule')}, "
@@ -47,6 +48,11 @@ def check(state: State, offline: bool) -> None:
     grants = [grant for r in results for grant in r.grants]
     if grants:
         click.echo("\nMissing privileges (run as the tables' owner):\n" + "\n".join(grants))
+    expiry = [(r.rule, finding) for r in results for finding in r.expiry]
+    if expiry:
+        click.echo("\nNative expiry (the store deletes by itself, whatever the rules and legal holds say):\n"
+                   + "\n".join(f"- {rule}: {finding.what}\n  {finding.verdict}: {finding.detail}"
+                                for rule, finding in expiry))
     if any(r.unreachable for r in results):
         click.echo("\nexit 1: a store could not be reached (the config may be right: try again, or check the "
                    "network and credentials)")
@@ -55,6 +61,10 @@ def check(state: State, offline: bool) -> None:
         click.echo("\nexit 2: the config names a target or field that does not exist or cannot be used as "
                    "configured (fix the config or the store)")
         sys.exit(2)
+    if any(finding.problem for _, finding in expiry):
+        click.echo("\nexit 1: a native expiry deletes earlier than its rule or deletes held records (lengthen it, "
+                   "narrow it or drop it, and let the rule expire the records)")
+        sys.exit(1)
 
 
 def _count(number: int, noun: str) -> str:
