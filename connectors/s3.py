@@ -40,12 +40,13 @@ from typing import ClassVar
 
 from connectors.s3_access import IN_FLIGHT
 from connectors.s3_judging import S3Judging
+from connectors.s3_lifecycle import lifecycle_rules
 from connectors.s3_records import (
     ListingCursor,
     RecordSpool,
     S3Record,
 )
-from retention.connector import ConnectorDefaults, ObjectClient, Option
+from retention.connector import ConnectorDefaults, NativeRule, ObjectClient, Option
 from retention.errors import ConnectorError, TargetMissing
 from retention.model import Action, Batch, Counts, OptionValue, Selection, Shard
 from retention.transforms import KeyedHasher
@@ -121,6 +122,14 @@ class S3Connector(S3Judging, ConnectorDefaults):
         except TargetMissing as exc:
             return [str(exc)]
         return []
+
+    def native_expiry(self, selection: Selection) -> list[NativeRule]:
+        """The bucket's lifecycle expirations over the rule's prefix: S3 applies them, whatever rules and holds say."""
+        rules = self._lifecycle(selection.target)
+        if not rules:
+            return []
+        versioning = self._call(self.client.get_bucket_versioning, Bucket=selection.target).get("Status")
+        return lifecycle_rules(rules, str(selection.scope.get("prefix") or ""), versioning)
 
     # -- counting and deleting -------------------------------------------------------------------------------
 

@@ -87,6 +87,20 @@ class S3Access:
             raise self._error(exc, self.client.get_object_lock_configuration, {"Bucket": bucket}) from None
         return bool(configuration.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled")
 
+    def _lifecycle(self, bucket: str) -> list[Mapping[str, Any]]:
+        """The bucket's lifecycle rules as S3 gives them; none when it has no lifecycle configuration."""
+        try:
+            configuration = self.client.get_bucket_lifecycle_configuration(Bucket=bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "Unknown")
+            if code == "NoSuchLifecycleConfiguration":
+                return []
+            raise ConnectorError(f"cannot read the lifecycle configuration of bucket {bucket}: {code}") from None
+        except BotoCoreError as exc:
+            raise ConnectorError(f"cannot reach S3: {type(exc).__name__}") from None
+        rules: list[Mapping[str, Any]] = configuration.get("Rules", [])
+        return rules
+
     def _pages(self, bucket: str, prefix: str, versioned: bool, shard: Shard | None = None
                ) -> Iterator[list[S3Record]]:
         """The bucket's records under `prefix` (and in `shard`), one listing page at a time (memory stays flat)."""

@@ -6,6 +6,7 @@ The collections hold no documents: SecantusDB's TTL sweeper really deletes, once
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from click.testing import Result
 
 from tests.helpers import Sandbox, make_sandbox
 from tests.stores import MongoStore
+from tests.test_s3 import RULE, S3Sandbox
 
 DAY = 86400
 SESSIONS = """
@@ -35,7 +37,7 @@ action = "delete"
 HOLD = '[[holds]]\nname = "{name}"\nrules = [{rules}]\n'
 
 
-def check(box: Sandbox, expect: int) -> str:
+def check(box: Sandbox | S3Sandbox, expect: int) -> str:
     result: Result = box.cli("check")
     assert expect == result.exit_code, result.stdout + result.stderr
     return result.stdout
@@ -151,3 +153,139 @@ def test_indexes_without_ttl_say_nothing(mongo: Sandbox, mongo_store: MongoStore
     mongo.write(SESSIONS + SESSIONS.replace('"sessions"', '"visits"'))
     assert ["visits"] == native_rows(check(mongo, 1))
 
+
+# -- S3 lifecycle rules -----------------------------------------------------------------------------------------------
+
+
+def lifecycle(box: S3Sandbox, *rules: dict[str, Any]) -> None:
+    box.s3.put_bucket_lifecycle_configuration(Bucket=box.bucket, LifecycleConfiguration={"Rules": list(rules)})
+
+
+def expiring(rule_id: str, days: int, prefix: str | None = "", status: str = "Enabled") -> dict[str, Any]:
+    return {"ID": rule_id, "Status": status, "Filter": {"Prefix": prefix} if prefix is not None else {},
+            "Expiration": {"Days": days}}
+
+
+def uploads(box: S3Sandbox, field: str = "LastModified", bucket: str | None = None, name: str = "uploads") -> str:
+    return RULE.format(bucket=bucket or box.bucket, field=field).replace('name = "uploads"', f'name = "{name}"')
+
+
+@pytest.fixture
+def moto(tmp_path: Path, moto_url: str) -> S3Sandbox:
+    return S3Sandbox(tmp_path / "sandbox", moto_url)
+
+
+@pytest.fixture(params=["moto", "seaweedfs"])
+def s3(request: pytest.FixtureRequest, tmp_path: Path) -> S3Sandbox:
+    """A fresh bucket on moto, then on SeaweedFS: both store and return lifecycle configurations."""
+    return S3Sandbox(tmp_path / "sandbox", request.getfixturevalue(f"{request.param}_url"))
+
+
+def test_a_lifecycle_shorter_than_an_age_rule_fails_check(s3: S3Sandbox) -> None:
+    """Expiration after 30 days, over the whole bucket, under a 24-month rule on LastModified: exit 1, ID named."""
+    lifecycle(s3, expiring("purge-30", 30, prefix=None))
+    s3.write(uploads(s3))
+    out = check(s3, 1)
+    assert "- uploads: lifecycle rule 'purge-30': objects 30 days after they were written" in out
+    assert "earlier than the rule: 30 days is shorter than the rule's 24 months (at most 731 days)" in out
+
+
+def test_a_lifecycle_on_another_prefix_or_disabled_is_ignored(s3: S3Sandbox) -> None:
+    """Only enabled lifecycle rules whose prefix meets the rule's count: here just the one that is later."""
+    lifecycle(s3, expiring("elsewhere", 1, prefix="logs/"), expiring("switched-off", 1, status="Disabled"),
+              expiring("later", 800, prefix="uploads/2024/"))
+    s3.write(uploads(s3))
+    out = check(s3, 0)
+    assert ["uploads"] == native_rows(out)
+    assert "lifecycle rule 'later': objects 800 days after they were written (only keys under 'uploads/2024/')" in out
+    assert "'elsewhere'" not in out and "'switched-off'" not in out
+
+
+def test_a_lifecycle_cannot_be_compared_with_a_metadata_age(s3: S3Sandbox) -> None:
+    """A lifecycle counts from the object's creation; the rule ages by a metadata date: taken as earlier, exit 1."""
+    lifecycle(s3, expiring("later", 800))
+    s3.write(uploads(s3, field="metadata:collected-at"))
+    assert "it ages by 'LastModified', the rule by 'metadata:collected-at': they cannot be compared" in check(s3, 1)
+
+
+def test_a_lifecycle_on_a_date_deletes_whatever_the_age(s3: S3Sandbox) -> None:
+    """Expiration.Date removes every object it covers from that date on, however new: exit 1."""
+    lifecycle(s3, {"ID": "cutover", "Status": "Enabled", "Filter": {"Prefix": "uploads/"},
+                   "Expiration": {"Date": datetime(2040, 1, 1, tzinfo=UTC)}})
+    s3.write(uploads(s3))
+    out = check(s3, 1)
+    assert "lifecycle rule 'cutover': objects from 2040-01-01T00:00:00Z on" in out
+    assert "from 2040-01-01T00:00:00Z on it deletes whatever the age" in out
+
+
+def test_a_tag_filter_may_apply_and_is_judged(s3: S3Sandbox) -> None:
+    """A lifecycle limited to tagged objects may reach the rule's: judged as applying, the tag key named."""
+    lifecycle(s3, {"ID": "tagged", "Status": "Enabled", "Filter": {"Tag": {"Key": "tier", "Value": "scratch"}},
+                   "Expiration": {"Days": 7}})
+    s3.write(uploads(s3))
+    out = check(s3, 1)
+    assert "lifecycle rule 'tagged': objects 7 days after they were written (only objects tagged 'tier')" in out
+
+
+def test_expiration_on_a_versioned_bucket_only_adds_delete_markers(tmp_path: Path, moto_url: str) -> None:
+    """With versioning on, Expiration hides the object behind a delete marker and deletes nothing: a note, exit 0."""
+    box = S3Sandbox(tmp_path / "sandbox", moto_url, versioned=True)
+    lifecycle(box, expiring("hide", 1))
+    box.write(uploads(box))
+    out = check(box, 0)
+    assert "lifecycle rule 'hide': current versions (a delete marker) 1 day after they were written" in out
+    assert "deletes nothing: on a versioned bucket it only adds a delete marker: the data stays as a noncurrent " \
+           "version" in out
+
+
+def test_noncurrent_version_expiration_shorter_than_the_rule_fails_check(tmp_path: Path, moto_url: str) -> None:
+    """Noncurrent versions may go 30 days after they were written (overwritten at once): earlier, exit 1."""
+    box = S3Sandbox(tmp_path / "sandbox", moto_url, versioned=True)
+    lifecycle(box, {"ID": "old-versions", "Status": "Enabled", "Filter": {},
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": 30}})
+    box.write(uploads(box))
+    out = check(box, 1)
+    assert "lifecycle rule 'old-versions': noncurrent versions 30 days after they become noncurrent" in out
+    assert "earlier than the rule: 30 days is shorter" in out
+
+
+def test_a_lifecycle_later_than_the_rule_puts_held_records_at_risk(moto: S3Sandbox) -> None:
+    """S3 knows nothing of this job's holds: a later lifecycle still deletes what a hold on the rule keeps."""
+    lifecycle(moto, expiring("later", 800))
+    moto.write(uploads(moto), extra=HOLD.format(name="audit-2026", rules='"uploads"'))
+    assert "held records at risk: 800 days is at least the rule's 24 months" in check(moto, 1)
+
+
+def test_a_bucket_without_lifecycle_says_nothing(tmp_path: Path, moto: S3Sandbox) -> None:
+    """Of two buckets, only the one with a lifecycle configuration is reported."""
+    bare = S3Sandbox(tmp_path / "bare", moto.endpoint)
+    lifecycle(moto, expiring("later", 800))
+    moto.write(uploads(moto) + uploads(moto, bucket=bare.bucket, name="bare"))
+    assert ["uploads"] == native_rows(check(moto, 0))
+
+
+def test_an_unreadable_lifecycle_is_not_checked_and_says_so(moto: S3Sandbox) -> None:
+    """AccessDenied on the lifecycle configuration: a finding that it could not be read, not a failure."""
+    from types import SimpleNamespace
+
+    from connectors.s3 import S3Connector
+    from retention.config import load_config
+    from retention.expiry import NOT_CHECKED, native_findings
+    from retention.units import compile_rule
+
+    moto.write(uploads(moto))
+    config = load_config(moto.root / "retention.toml")
+    work = compile_rule(config, config.rules[0], datetime.now(UTC), None)
+    connector = S3Connector("files", {"endpoint_url": moto.endpoint, "region": "us-east-1"})
+
+    def denied(**_: object) -> object:
+        return SimpleNamespace(status_code=403), {"Error": {"Code": "AccessDenied", "Message": "denied"},
+                                                  "ResponseMetadata": {"HTTPStatusCode": 403}}
+
+    connector.client.meta.events.register("before-call.s3.GetBucketLifecycleConfiguration", denied)
+    try:
+        [finding] = native_findings(config, config.rules[0], connector, work.selection, datetime.now(UTC))
+    finally:
+        connector.close()
+    assert (NOT_CHECKED, False) == (finding.verdict, finding.problem)
+    assert f"cannot read the lifecycle configuration of bucket {moto.bucket}: AccessDenied" in finding.detail
