@@ -35,7 +35,7 @@ class ExpiryFinding:
 
     @property
     def what(self) -> str:
-        return describe(self.native) if self.native else "-"
+        return describe(self.native) if self.native else "native expiry (unread)"
 
 
 def native_findings(config: Config, rule: Rule, connector: Connector, selection: Selection, now: datetime
@@ -46,7 +46,7 @@ def native_findings(config: Config, rule: Rule, connector: Connector, selection:
     try:
         natives = connector.native_expiry(selection)
     except RetentionError as exc:
-        return (ExpiryFinding(None, NOT_CHECKED, f"{exc}: its native expiry could not be read"),)
+        return (ExpiryFinding(None, NOT_CHECKED, str(exc)),)
     holds = holds_for(config, rule, now)
     return tuple(judge(rule, native, holds) for native in natives)
 
@@ -70,7 +70,7 @@ def judge(rule: Rule, native: NativeRule, holds: tuple[str, ...]) -> ExpiryFindi
         return ExpiryFinding(native, EARLIER, f"{why}; it deletes records the rule keeps, held ones too")
     after = rule.expire.after
     later = f"{span(native.after)} is at least the rule's {after} (at most {after.longest().days} days)" \
-        if native.after and after else "it is not earlier than the rule"
+        if native.after is not None and after is not None else "it is not earlier than the rule"
     if holds:
         return ExpiryFinding(native, HELD_AT_RISK, f"{later}, but it deletes records legal holds keep: "
                              f"{', '.join(holds)}")
@@ -98,7 +98,7 @@ def _earlier(rule: Rule, native: NativeRule) -> str | None:
 
 
 def describe(native: NativeRule) -> str:
-    """The native expiry in a line; the store's names (index, rule ID, fields) repr'd, so none can break the table."""
+    """The native expiry in a line; the store's names (index, rule ID, fields) repr'd, so none can forge a line."""
     if native.after is None:
         when = f"from {rfc3339(native.on)} on" if native.on else "on a date"
     elif native.deletes is Deletes.NONCURRENT:
