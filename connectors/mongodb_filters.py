@@ -23,9 +23,11 @@ def class_filters(selection: Selection, clients: ClientStates | None) -> dict[st
     if selection.age:
         field = selection.age.field
         # a date bound compares with dates only (MongoDB's type bracketing): strings, numbers, timestamps and null
-        # never match, so this is "a date before the cutoff", as a range an index on the field serves
-        expired.append({field: {"$lt": selection.age.cutoff}})
-        unknown.append({field: {"$not": {"$type": "date"}}})  # missing, null, strings, numbers
+        # never match, so this is "a date before the cutoff", as a range an index on the field serves. An array
+        # matches a bound (and `$type: "date"`) when any element does: it is no date, so never expired
+        expired.append({field: {"$lt": selection.age.cutoff, "$not": {"$type": "array"}}})
+        unknown.append({"$or": [{field: {"$not": {"$type": "date"}}},  # missing, null, strings, numbers
+                                {field: {"$type": "array"}}]})
     if selection.client and clients is not None:
         field = selection.client.field
         expired.append({field: {"$in": mongo_values(clients.expired)}})

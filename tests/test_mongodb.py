@@ -561,15 +561,15 @@ def test_a_large_collection_counts_its_total_by_estimate_never_below_its_classes
 
 
 def test_the_age_classes_are_range_filters_an_index_serves() -> None:
-    """Expired is `$lt` the cutoff alone (type bracketing keeps it to dates); conjunctions on one field merge."""
+    """Expired is `$lt` the cutoff (type bracketing keeps it to dates) on no array; conjunctions on one field merge."""
     from connectors.mongodb_filters import NOTHING, all_of, class_filters
     from retention.model import HeldScope
 
     selection = age_selection()
     filters = class_filters(selection, None)
-    assert {"at": {"$lt": NOW - timedelta(days=730)}} == filters["matched"]
+    assert {"at": {"$lt": NOW - timedelta(days=730), "$not": {"$type": "array"}}} == filters["matched"]
     assert NOTHING == filters["held"]
-    assert {"at": {"$not": {"$type": "date"}}} == filters["unknown_age"]
+    assert {"$or": [{"at": {"$not": {"$type": "date"}}}, {"at": {"$type": "array"}}]} == filters["unknown_age"]
     assert NOTHING == class_filters(replace(selection, held=HeldScope(everything=True)), None)["matched"]
     assert {"a": {"$lt": 5, "$gte": 1}} == all_of({"a": {"$lt": 5}}, {"a": {"$gte": 1}})
     assert {"a": {"$lt": 5}, "$and": [{"a": {"$lt": 1}}]} == all_of({"a": {"$lt": 5}}, {"a": {"$lt": 1}})
