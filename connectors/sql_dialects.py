@@ -163,6 +163,13 @@ class PostgresDialect(SqlDialect):
     name = "postgresql"
     transforms = frozenset({"null", "redact", "truncate_ip", "generalize_date", "mask", "hmac", "keep"})
     overlapping_batches = True
+
+    def earliest_first(self, column: Any) -> tuple[Any, Any]:
+        # '-infinity' is older than any cutoff, and no Python date: read as the earliest one Python has
+        floor = literal(date.min if not isinstance(column.type, sqltypes.DateTime) else
+                        datetime(1, 1, 2, tzinfo=UTC) if column.type.timezone else datetime(1, 1, 1), column.type)
+        return column, func.greatest(column, floor)
+
     @staticmethod
     def keyed_hash(column: Any, key: bytes | None) -> Any:
         """HMAC-SHA256 of the column's text, hex: two sha256() calls over precomputed padded keys, no pgcrypto."""

@@ -39,7 +39,7 @@ def test_backlog_probe_does_not_fail_a_rule_over_an_infinite_timestamp(pg_store:
     sandbox = make_sandbox(tmp_path / "sandbox", pg_store)
     sandbox.write(COOKIE_RULE, clients=False)
     planned = sandbox.cli("plan", "--now", NOW_TEXT, "--format", "json")
-    assert 0 == planned.exit_code, planned.stdout
+    assert 0 == planned.exit_code, planned.stdout + planned.stderr
     result = sandbox.cli("run", "--now", NOW_TEXT, "--format", "json")
     rule = json.loads(result.stdout)["rules"][0]
     assert (0, "ok", 2, 0) == (result.exit_code, rule["status"], rule["changed"], rule["remaining"]), rule
