@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from retention import __version__
 from retention.config import Config
 from retention.errors import ConfigError
 from retention.report import Report
+from retention.settings import Environment, EnvRef
 from retention.timeutil import rfc3339
 
 KIND = "retention-approved-plan"
 DEFAULT_TOLERANCE = 0.1
+SECRET_OPTION = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)  # left out of the stores' identity
 
 
 @dataclass(frozen=True)
@@ -34,30 +39,69 @@ class Approval:
     path: Path
     sha256: str  # of the file's bytes
     config_sha256: str
+    stores_sha256: str  # of the stores the plan was counted on (`stores_identity`)
     counts: dict[str, int]  # rule name -> records the reviewed plan said it would change
 
-    def refusals(self, config: Config, counted: dict[str, int], tolerance: float) -> list[str]:
-        """Why this run may not go ahead under the approval; empty when it may."""
+    def ceiling(self, rule: str, tolerance: float) -> int | None:
+        """The most records the rule may change under this approval (None: it is not in it)."""
+        if rule not in self.counts:
+            return None
+        return math.floor(self.counts[rule] * (1 + Fraction(str(tolerance))))
+
+    def refusals(self, config: Config, stores: str, counted: dict[str, int | None], tolerance: float) -> list[str]:
+        """Why this run may not go ahead under the approval; empty when it may. A count of None: it failed."""
         name = self.path.name
         if config.sha256 != self.config_sha256:
             return [f"the config ({config.path}, sha256 {config.sha256[:12]}…) is not the one approved in {name} "
                     f"(sha256 {self.config_sha256[:12]}…): save and review a new plan"]
-        factor = 1 + Fraction(str(tolerance))
+        if stores != self.stores_sha256:
+            return [f"the stores the connectors reach (their resolved URLs, databases and endpoints) are not the ones "
+                    f"{name} was counted on: save and review a plan against these stores"]
         reasons = []
         for rule, matched in counted.items():
-            if rule not in self.counts:
+            ceiling = self.ceiling(rule, tolerance)
+            if ceiling is None:
                 reasons.append(f"{rule}: not in the approved plan {name}")
-            elif matched > self.counts[rule] * factor:
+            elif matched is None:
+                reasons.append(f"{rule}: could not be counted, so it cannot be held to {name}")
+            elif matched > ceiling:
                 reasons.append(f"{rule}: would change {matched} records, more than the {self.counts[rule]} approved in "
                                f"{name} plus {tolerance:.0%}")
         return reasons
 
 
-def save(path: Path, result: Report, config: Config) -> None:
+def stores_identity(config: Config, env: Environment) -> str:
+    """The SHA-256 of what every connector reaches: its type and options as resolved from the environment, with
+    passwords and secret-looking options left out. A `${NAME}` pointing at another database changes it."""
+    described = {}
+    for name, settings in sorted(config.connectors.items()):
+        options = {}
+        for key, value in sorted(settings.options.items()):
+            if SECRET_OPTION.search(key):
+                continue
+            resolved = env.resolve(value) if isinstance(value, str | EnvRef) else value
+            options[key] = _without_secrets(resolved) if isinstance(resolved, str) else resolved
+        described[name] = {"type": settings.type, "options": options}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def _without_secrets(value: str) -> str:
+    """A URL without its password and secret-looking query parameters; any other text as it is."""
+    parts = urlsplit(value)
+    if not parts.scheme or not parts.netloc:
+        return value
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if not SECRET_OPTION.search(k)])
+    return urlunsplit((parts.scheme, f"{user}@{host}" if user else host, parts.path, query, ""))
+
+
+def save(path: Path, result: Report, config: Config, env: Environment) -> None:
     """Write the plan as an approval file (atomically: a reviewer never reads half of one)."""
     document: dict[str, Any] = {
         "kind": KIND, "format": 1, "tool_version": __version__, "config": str(config.path),
-        "config_sha256": config.sha256, "now": rfc3339(result.now),
+        "config_sha256": config.sha256, "stores_sha256": stores_identity(config, env), "now": rfc3339(result.now),
         "rules": [{"name": rule.name, "connector": rule.connector, "target": rule.target, "action": rule.action,
                    "matched": rule.matched, "held": rule.held, "unknown_age": rule.unknown_age, "status": rule.status}
                   for rule in result.rules],
@@ -82,9 +126,10 @@ def load(path: Path) -> Approval:
     if not isinstance(document, dict) or document.get("kind") != KIND:
         raise ConfigError(f"is not an approval file (no \"kind\": \"{KIND}\"): write one with "
                           "`retention plan --save PATH`", source=str(path))
-    config_sha256, rules = document.get("config_sha256"), document.get("rules")
-    if not isinstance(config_sha256, str) or not isinstance(rules, list):
-        raise ConfigError("expected config_sha256 (a string) and rules (a list)", source=str(path))
+    config_sha256, stores_sha256, rules = document.get("config_sha256"), document.get("stores_sha256"), \
+        document.get("rules")
+    if not isinstance(config_sha256, str) or not isinstance(stores_sha256, str) or not isinstance(rules, list):
+        raise ConfigError("expected config_sha256 and stores_sha256 (strings) and rules (a list)", source=str(path))
     counts: dict[str, int] = {}
     for index, rule in enumerate(rules):
         name = rule.get("name") if isinstance(rule, dict) else None
@@ -94,4 +139,4 @@ def load(path: Path) -> Approval:
         if name in counts:
             raise ConfigError(f"rules[{index}]: rule {name!r} appears twice", source=str(path))
         counts[name] = matched
-    return Approval(path, hashlib.sha256(data).hexdigest(), config_sha256, counts)
+    return Approval(path, hashlib.sha256(data).hexdigest(), config_sha256, stores_sha256, counts)

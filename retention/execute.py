@@ -57,7 +57,8 @@ def assess(connectors: Stores, work: RuleWork, report: RuleReport) -> tuple[Rule
         report.held_by = work.selection.held.holding(erasure.client_id if erasure else None) or (
             f"{work.rule.connector}'s own lock (Object Lock)",)
     # a shard's rule was judged whole before any shard ran (retention.sharding); a request's never is
-    if work.request is None and work.selection.shard is None and (reason := threshold_reason(work.rule, counts)):
+    whole = work.request is None and work.selection.shard is None
+    if whole and (reason := threshold_reason(work.rule, counts, work.ceiling)):
         report.status, report.error = OVER_THRESHOLD, reason
     return work, counts
 

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -18,7 +18,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from retention import __version__
-from retention.approval import DEFAULT_TOLERANCE, Approval
+from retention.approval import DEFAULT_TOLERANCE, Approval, stores_identity
 from retention.audit import AuditWriter, fingerprint, load_private_key
 from retention.audit.events import (
     BatchApplied,
@@ -124,8 +124,10 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
         pace = Pace(should_stop, clock=clock, budget=config.job.max_duration, max_lag=config.job.max_replica_lag)
         try:
             executor = Executor(connectors, id_key, config, dry_run, pace, progress or Silent())
-            if approval and _refused(approval, tolerance, config, connectors, works, audit, report):
-                return report
+            if approval:
+                if _refused(approval, tolerance, config, env, connectors, works, audit, report):
+                    return report
+                works = [replace(work, ceiling=approval.ceiling(work.rule.name, tolerance)) for work in works]
             recorder = Recorder(audit, lanes)
             recorder.units(executor, works, report.rules)
             if config.requests:
@@ -152,8 +154,8 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
     return report
 
 
-def _refused(approval: Approval, tolerance: float, config: Config, connectors: Stores, works: Sequence[RuleWork],
-             audit: AuditWriter, report: Report) -> bool:
+def _refused(approval: Approval, tolerance: float, config: Config, env: Environment, connectors: Stores,
+             works: Sequence[RuleWork], audit: AuditWriter, report: Report) -> bool:
     """Count every rule as `plan` does (nothing changes); when the approval does not cover this run, skip them all.
 
     Counting first, for every rule, is what lets the run be refused whole: once one rule had started changing
@@ -169,8 +171,8 @@ def _refused(approval: Approval, tolerance: float, config: Config, connectors: S
         if counts is not None:
             rule_report.remaining, rule_report.oldest_expired = counts.matched, counts.oldest
         reports.append(rule_report)
-    counted = {r.name: r.matched for r in reports if r.status != ERROR}
-    refusals = approval.refusals(config, counted, tolerance)
+    counted = {r.name: None if r.status == ERROR else r.matched for r in reports}
+    refusals = approval.refusals(config, stores_identity(config, env), counted, tolerance)
     if not refusals:
         return False
     reason = f"refused under {approval.path.name}: " + "; ".join(refusals)

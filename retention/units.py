@@ -35,6 +35,7 @@ class RuleWork:
     action: Action
     request: str | None = None  # set: this unit serves one erasure request (no thresholds; counted again after)
     reason: str | None = None
+    ceiling: int | None = None  # the most records an approved plan lets the rule change (`run --approved`)
 
 
 def request_work(work: RuleWork, request: ErasureRequest) -> RuleWork:
@@ -81,7 +82,9 @@ def with_registry(work: RuleWork, connectors: Stores) -> RuleWork:
     return replace(work, selection=replace(work.selection, client=replace(client, states=states)))
 
 
-def threshold_reason(rule: Rule, counts: Counts) -> str | None:
+def threshold_reason(rule: Rule, counts: Counts, ceiling: int | None = None) -> str | None:
+    if ceiling is not None and counts.matched > ceiling:
+        return f"{counts.matched} records would change, more than the {ceiling} the approved plan allows"
     if rule.max_records is not None and counts.matched > rule.max_records:
         return f"{counts.matched} records would change, more than max_records = {rule.max_records}"
     if rule.max_fraction < 1 and counts.matched > rule.max_fraction * counts.total:

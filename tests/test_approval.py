@@ -97,9 +97,9 @@ def test_fewer_than_approved_is_fine_and_an_unapproved_rule_is_not(sandbox: Sand
 @pytest.mark.parametrize(("content", "says"), [
     ("not json", "not JSON"),
     ('{"kind": "something else"}', "is not an approval file"),
-    ('{"kind": "retention-approved-plan", "config_sha256": "x", "rules": [{"name": "cookies", "matched": -1}]}',
+    ('{"kind": "retention-approved-plan", "config_sha256": "x", "stores_sha256": "y", "rules": [{"name": "cookies", "matched": -1}]}',
      "rules[0]"),
-    ('{"kind": "retention-approved-plan", "config_sha256": "x", "rules": [{"name": {"$gt": ""}, "matched": 1}]}',
+    ('{"kind": "retention-approved-plan", "config_sha256": "x", "stores_sha256": "y", "rules": [{"name": {"$gt": ""}, "matched": 1}]}',
      "rules[0]"),
 ])
 def test_a_bad_approval_file_is_a_clear_error_before_anything_runs(content: str, says: str, sandbox: Sandbox) -> None:
