@@ -223,12 +223,13 @@ class Executor:
             self.progress.finish()
             if work_left() and self.should_stop():
                 raise Interrupted  # every batch the store finished is in the log; no new one was started
-        if not self.dry_run:  # the backlog, counted afresh (a request is done only when nothing of it is left)
-            after = connector.count(work.selection)
+        stopping = self.should_stop()  # a stop leaves no time for reads over the whole target
+        if not self.dry_run and not stopping:  # the backlog, counted afresh (a request is done only when nothing
+            after = connector.count(work.selection)  # of it is left; not counted, it stays pending)
             report.remaining, report.oldest_expired = after.matched, after.oldest
         if refusals or unsettled:
             raise RecordsRefused(_refused_message(rule.target, report.blocked, refusals, unsettled))
-        if self.id_key and counts.held:  # the held records, named by keyed hash in chunks
+        if self.id_key and counts.held and not stopping:  # the held records, named by keyed hash in chunks
             for chunk in connector.held_ids(work.selection, self.config.batch_size(rule), self.id_key):
                 yield HeldIds(chunk)
         report.duration_ms = int((time.monotonic() - started) * 1000)  # before Finished: it is recorded

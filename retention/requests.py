@@ -65,8 +65,8 @@ class RequestOutcome:
     def status(self) -> str:
         if self.failed:
             return FAILED
-        if self.partial or any(report.held or report.remaining for report in self.rules):
-            return PENDING
+        if self.partial or any(report.held or report.remaining or report.remaining is None for report in self.rules):
+            return PENDING  # held, records left, or not counted again (the run stopped first)
         return DONE
 
     @property
@@ -74,6 +74,8 @@ class RequestOutcome:
         """Why a request that did not fail is not done yet."""
         reasons = [f"held by {', '.join(self.held_by)}"] if self.held_by else []
         reasons += [f"{report.name}: {report.remaining} records remain" for report in self.rules if report.remaining]
+        reasons += [f"{report.name}: a count after the change (the run stopped first)" for report in self.rules
+                    if report.remaining is None]
         if self.partial:
             reasons.append("a full run: this run served it through some rules only (--rule)")
         return reasons
