@@ -50,11 +50,12 @@ def test_find_takes_a_composite_key_as_a_json_array(store: SqlStore, tmp_path: P
     sandbox = make_sandbox(tmp_path / "sandbox", store)
     sandbox.write(COOKIE_RULE.replace("cookie_events", "visits").replace("collected_at", "created"), clients=False)
     assert 0 == sandbox.cli("run", "--now", NOW_TEXT).exit_code
-    assert 0 == found(sandbox, '["t 1", 7]', "--rule", "cookies")[0]
-    assert 0 == found(sandbox, '["t 1","7"]', "--rule", "cookies")[0]
-    assert 1 == found(sandbox, '["t 1", 8]', "--rule", "cookies")[0]
-    bad = sandbox.cli("audit", "find", '["t 1", 7', "--rule", "cookies")
-    assert 2 == bad.exit_code and "JSON array" in bad.stderr
+    assert 0 == found(sandbox, '["t 1", 7]', "--rule", "cookies", "--composite")[0]
+    assert 0 == found(sandbox, '["t 1","7"]', "--rule", "cookies", "--composite")[0]
+    assert 1 == found(sandbox, '["t 1", 8]', "--rule", "cookies", "--composite")[0]
+    assert 1 == found(sandbox, '["t 1", 7]', "--rule", "cookies")[0]  # without --composite: one text key
+    bad = sandbox.cli("audit", "find", '["t 1", 7', "--rule", "cookies", "--composite")
+    assert 2 == bad.exit_code and "JSON array" in bad.stderr and "t 1" not in bad.stderr
 
 
 def test_find_needs_the_pseudonym_key(store: SqlStore, tmp_path: Path) -> None:

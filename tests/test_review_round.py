@@ -160,7 +160,7 @@ def test_find_does_not_report_a_forged_sidecar_line(pg_store: PostgresStore, tmp
     each batch's ids_digest): one appended line makes it answer "changed by run X" (exit 0) for a record X never
     touched, while `audit verify` says the run is bad. Evidence an auditor relies on must be verified evidence."""
     sandbox = _cookie_box(pg_store, tmp_path)
-    from retention.audit.find import record_name
+    from retention.audit.find import record_names
     from retention.config import load_config
     from retention.secrets import pseudonym_keys
     from retention.settings import Environment
@@ -170,7 +170,7 @@ def test_find_does_not_report_a_forged_sidecar_line(pg_store: PostgresStore, tmp
     assert id_key is not None
     sidecar = next(sandbox.audit_dir.glob("*.ids"))
     with sidecar.open("a", encoding="utf-8") as handle:
-        handle.write(f"changed cookies {record_name('1', id_key)}\n")  # record 1 is a day old: never deleted
+        handle.write(f"changed cookies {next(iter(record_names('1', id_key, composite=False)))}\n")  # record 1 is a day old: never deleted
     assert 5 == sandbox.cli("audit", "verify").exit_code
     result = sandbox.cli("audit", "find", "1", "--rule", "cookies", "--format", "json")
     assert result.exit_code != 0 and not json.loads(result.stdout or '{"found": []}')["found"], result.stdout

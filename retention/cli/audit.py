@@ -13,7 +13,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from retention.audit import generate_keypair, load_private_key, load_public_keys, verify
-from retention.audit.find import find, record_name
+from retention.audit.find import find, record_names
 from retention.audit.history import read_history
 from retention.audit.report_html import result_line, write_report
 from retention.audit.summary import summarize
@@ -166,27 +166,47 @@ def audit_show(state: State, run: str, fmt: str) -> None:
 @click.argument("key")
 @click.option("--rule", "rules", multiple=True, required=True, metavar="NAME",
               help="The rule whose target holds the record (repeatable).")
+@click.option("--composite", is_flag=True, help="KEY is a composite key: a JSON array of its columns' values, in "
+              "key order, e.g. '[\"tenant-7\", 42]'.")
+@click.option("--public-key", "public_keys", multiple=True, type=click.Path(path_type=Path), metavar="PEM",
+              help="A public key to accept (repeatable, for rotated keys) [default: the configured signing key's].")
 @click.option("--format", "fmt", type=FORMAT, default="table", show_default=True)
 @click.pass_obj
-def audit_find(state: State, key: str, rules: tuple[str, ...], fmt: str) -> None:
-    """Which runs changed or held the record with this KEY (its key's text; a composite key as a JSON array).
+def audit_find(state: State, key: str, rules: tuple[str, ...], composite: bool, public_keys: tuple[Path, ...],
+               fmt: str) -> None:
+    """Which runs changed or held the record with this KEY (the text of its key).
 
     Records are named in the audit only by keyed hash, so this needs the pseudonym key (secrets.pseudonym_key,
-    with audit.record_ids = "hashed"). Exit 0 when found, 1 when not.
+    with audit.record_ids = "hashed"). Only runs that pass `audit verify` are searched. Exit 0 when found, 1 when
+    not, 5 when a run fails verification.
     """
     config = state.config
     id_key = pseudonym_keys(config, state.env).record_ids
     if id_key is None:
         raise ConfigError("audit find needs the key the runs named records with: set secrets.pseudonym_key "
                           "(and audit.record_ids = \"hashed\") and its environment variable")
-    sightings = list(find(_audit_dir(state), frozenset(rules), record_name(key, id_key)))
+    names = record_names(key, id_key, composite=composite)
+    directory = _audit_dir(state)
+    if not directory.is_dir() or not run_files(directory):
+        raise UsageError(f"the audit dir {directory} holds no run: nothing can be said of any record")
+    checks = verify([directory], _verification_keys(state, public_keys),
+                    timestamp_policy(state, None, needs_config=True))
+    sound = [check.path for check in checks if check.ok and check.run_id]
+    sightings = list(find(sound, frozenset(rules), names))
     if fmt == "json":
-        click.echo(as_json({"rules": list(rules), "found": [s.to_json() for s in sightings]}))
+        click.echo(as_json({"rules": list(rules), "found": [s.to_json() for s in sightings],
+                            "runs_searched": len(sound), "runs_failing_verification": [
+                                str(c.path) for c in checks if not c.ok]}))
     elif sightings:
         click.echo(table(["run_id", "audit_file", "rule", "kind"],
                          [[s.run_id, s.audit_file.name, s.rule, s.kind] for s in sightings]))
     else:
-        click.echo(f"no run changed or held that record under {', '.join(rules)}")
+        click.echo(f"no run changed or held that record under {', '.join(rules)} ({len(sound)} runs searched)")
+    failing = [check for check in checks if not check.ok]
+    if failing:
+        click.echo(f"retention: {len(failing)} files of {directory} fail verification and were not searched: "
+                   "run `retention audit verify`", err=True)
+        sys.exit(EXIT_VERIFY_FAILED)
     if not sightings:
         sys.exit(1)
 
