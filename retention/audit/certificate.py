@@ -54,6 +54,24 @@ class Evidence:
     runs: list[Path] = field(default_factory=list)
     work: list[RequestWork] = field(default_factory=list)
     finished_at: dict[str, str] = field(default_factory=dict)  # run id -> when its last unit for the request ended
+    dry_runs: set[str] = field(default_factory=set)
+
+    def unfinished(self, run_id: str) -> list[str]:
+        """Why, by the signed log, run `run_id` did not complete the request; empty when it did: a real run in
+        which every unit that served it finished with nothing held and nothing left."""
+        units = [unit for unit in self.work if unit.run_id == run_id]
+        if not units:
+            return [f"run {run_id} did not serve it"]
+        reasons = ["it was a dry run"] if run_id in self.dry_runs else []
+        for unit in units:
+            if unit.outcome != "finished":
+                reasons.append(f"{unit.rule}: {unit.outcome}")
+            elif unit.held:
+                reasons.append(f"{unit.rule}: {unit.held} records held")
+            elif unit.remaining != 0:
+                reasons.append(f"{unit.rule}: " + ("not counted again" if unit.remaining is None
+                                                   else f"{unit.remaining} records left"))
+        return reasons
 
 
 def gather(directory: Path, request_id: str) -> Evidence:
@@ -62,6 +80,8 @@ def gather(directory: Path, request_id: str) -> Evidence:
     for log in run_files(directory):
         units: dict[str, RequestWork] = {}
         for event in _events(log):
+            if event.get("event") == "run_started" and event.get("dry_run") is not False:
+                evidence.dry_runs.add(str(event.get("run_id")))
             if event.get("request") != request_id or not isinstance(event.get("rule"), str):
                 continue
             rule, kind, run_id = event["rule"], event.get("event"), str(event.get("run_id"))

@@ -109,9 +109,10 @@ def requests_show(state: State, request_id: str, fmt: str) -> None:
 
 
 def _instant_text(value: object) -> str | None:
-    """A stored time as RFC 3339 UTC where it reads as one (naive is UTC), else as the store gave it."""
+    """A stored time as RFC 3339 UTC where it reads as one (naive is UTC), else null: the column may hold anything,
+    a note about a person included, and a certificate holds no field values."""
     instant = stored_instant(value)
-    return rfc3339(instant) if instant else (None if value is None else str(value))
+    return rfc3339(instant) if instant else None
 
 
 @requests.command("certificate")
@@ -136,9 +137,12 @@ def requests_certificate(state: State, request_id: str, out: Path | None) -> Non
     failing = [check for check in checks.values() if check.path in evidence.runs and not check.ok]
     result = request.result or {}
     done_by = result.get("run_id") if result.get("status") == "done" else None
+    table_name = config.requests.table if config.requests else "the requests table"
+    if done_by is not None and not isinstance(done_by, str):
+        raise AuditError(f"{table_name} says request {request.id!r} is done, but names no run that did it")
     statement = {"id": request.id, "reason": request.reason,
                  "received_at": _instant_text(request.received_at),
-                 "status": request.status, "completed_at": evidence.finished_at.get(str(done_by)) if done_by else None,
+                 "status": request.status, "completed_at": evidence.finished_at.get(done_by) if done_by else None,
                  "completed_by_run": done_by}
     document = certificate(statement, evidence, checks, fingerprint(key.public_key()), rfc3339(utc_now()),
                            __version__)
@@ -148,9 +152,12 @@ def requests_certificate(state: State, request_id: str, out: Path | None) -> Non
         document["waiting_for"] = reasons or ["a run: no run has served it yet"]
         click.echo(as_json(document))
         sys.exit(1)
-    if str(done_by) not in evidence.finished_at:  # untrusted JSON: a list or a number names no run
-        raise AuditError(f"{config.requests.table if config.requests else 'the requests table'} says request "
-                         f"{request.id!r} was done by run {done_by}, but no run in {config.audit.dir} shows it")
+    if done_by not in evidence.finished_at:
+        raise AuditError(f"{table_name} says request {request.id!r} was done by run {done_by}, but no run in "
+                         f"{config.audit.dir} shows it")
+    if unfinished := evidence.unfinished(done_by):
+        raise AuditError(f"{table_name} says request {request.id!r} was done by run {done_by}, but its signed log "
+                         f"says otherwise ({'; '.join(unfinished)}): not certified")
     if failing:
         names = ", ".join(f"{check.path.name} ({check.status})" for check in failing)
         raise VerificationFailed(f"not certified: the audit files it rests on fail verification: {names}")
