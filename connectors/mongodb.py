@@ -135,7 +135,7 @@ class MongoConnector(ConnectorDefaults):
         """The registry's verdict on clients (all of them, or just these canonical ids), read now."""
         if selection.client is None:
             return None
-        if selection.client.states is not None:  # the registry lives in another store; the run read it
+        if selection.client.registry.connector != self.name:  # the registry lives in another store; the run read it
             return selection.client.states
         registry: ClientRegistry = selection.client.registry
         query: Filter = {registry.id_field: {"$in": mongo_values(client_ids)}} if client_ids is not None else {}

@@ -17,8 +17,10 @@ from sqlalchemy import (
     FromClause,
     MetaData,
     Table,
+    Text,
     Update,
     and_,
+    cast,
     create_engine,
     delete,
     event,
@@ -164,12 +166,15 @@ class SqlConnector(ConnectorDefaults):
     def _predicates(self, table: FromClause, selection: Selection, *, locking: bool = False
                     ) -> dict[str, ColumnElement[bool]]:
         client = selection.client
-        registry = self.table(client.registry.table) if client and client.states is None else None
+        # the registry's own table whenever it is in this database: with lists (per-client grace) it still re-checks
+        registry = self.table(client.registry.table) if client and client.registry.connector == self.name else None
         return predicates(self.dialect, table, selection, registry, locking=locking)
 
     def read_rows(self, table_name: str, fields: Sequence[str]) -> Iterator[Mapping[str, Any]]:
         table = self.table(table_name)
-        columns = [self._column(table, field, "field") for field in fields]
+        # an interval as its text: drivers turn '1 month' into 30 days, and fail on spans Python cannot hold
+        columns = [cast(column, Text).label(column.name) if _reads_as(column.type, timedelta) else column
+                   for column in (self._column(table, field, "field") for field in fields)]
         with self.engine.connect() as connection:
             for row in connection.execution_options(stream_results=True, yield_per=5000).execute(select(*columns)):
                 yield dict(row._mapping)

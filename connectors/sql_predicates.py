@@ -64,10 +64,10 @@ def _client_predicates(dialect: SqlDialect, table: FromClause, selection: Select
     """Expired: every registry row of the client ended before the cutoff. Known: some row has a usable state."""
     assert selection.client is not None
     client = table.c[selection.client.field]
-    if selection.client.states is not None:  # the registry lives in another store: its verdict, as lists
-        states = selection.client.states
+    states = selection.client.states
+    if registry_table is None:  # the registry lives in another store: its verdict, as lists
+        assert states is not None
         return dialect.has_id(client, states.expired), dialect.has_id(client, states.known)
-    assert registry_table is not None
     registry = selection.client.registry
     clients = registry_table.alias("registry")
     status, ended_at = clients.c[registry.status_field], clients.c[registry.ended_at_field]
@@ -79,6 +79,10 @@ def _client_predicates(dialect: SqlDialect, table: FromClause, selection: Select
     def any_row(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
         rows = select(literal(1)).select_from(clients).where(same_client, *conditions)
         return (rows.with_for_update(read=True) if locking else rows).exists()
+
+    if states is not None:  # judged by the run (clients' own grace): the lists, and every row still ended now
+        return and_(dialect.has_id(client, states.expired), not_(any_row(not_(ended)))), \
+            dialect.has_id(client, states.known)
 
     expired = and_(
         any_row(ended_long_ago),

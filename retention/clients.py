@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -52,6 +53,19 @@ def judge(rows: Iterable[Mapping[str, Any]], client: ClientCondition) -> ClientS
     return ClientStates(expired, (frozenset(known) | expired) - unreadable)
 
 
+# PostgreSQL's text of an interval (IntervalStyle postgres): "1 year 2 mons 3 days 04:05:06"; no negative parts
+INTERVAL = re.compile(r"(?:(\d+) years? ?)?(?:(\d+) mons? ?)?(?:(\d+) days? ?)?(?:(\d+):(\d\d):(\d\d)(?:\.\d+)?)?")
+
+
+def _before_interval(now: datetime, parts: re.Match[str]) -> datetime:
+    """`now` minus an interval, with calendar months (SPEC: months clamp to the month's end)."""
+    years, months, days, hours, minutes, seconds = (int(part or 0) for part in parts.groups())
+    if years * 366 + months * 31 + days > MAX_YEARS * 366:
+        raise OverflowError("longer than any retention period")
+    moved = Duration(years * 12 + months, "month").before(now) if years or months else now
+    return moved - timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
 def own_cutoff(value: object, default: datetime, now: datetime | None) -> datetime | None:
     """When a client must have ended before for its records to expire, by its own grace period: a duration
     ("90 days", "6 months"), a whole number of days, or an interval; empty means the rule's. None: unreadable."""
@@ -64,6 +78,8 @@ def own_cutoff(value: object, default: datetime, now: datetime | None) -> dateti
             return now - value if value >= timedelta(0) else None
         if isinstance(value, str):
             text = value.strip()
+            if not text.isdigit() and (interval := INTERVAL.fullmatch(text)):
+                return _before_interval(now, interval)
             grace = Duration(int(text), "day") if text.isdigit() else parse_duration(text)
         elif isinstance(value, int | float | Decimal) and not isinstance(value, bool) and value == int(value) \
                 and 0 <= value <= MAX_YEARS * 366:

@@ -477,12 +477,14 @@ def test_write_conflicts_that_do_not_stop_leave_the_batch_to_its_ids(indexed: bo
     assert names_of(before) == named(report) and TRANSACTION_ATTEMPTS + 2 == len(conflicts)
 
 
-def test_the_registry_is_read_again_for_every_batch(sandbox: Sandbox, mongo_store: MongoStore,
+@pytest.mark.parametrize("own_grace", [False, True], ids=["rule-grace", "retention-field"])
+def test_the_registry_is_read_again_for_every_batch(own_grace: bool, sandbox: Sandbox, mongo_store: MongoStore,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """A client re-activated after the first batch keeps its documents; the first batch's client loses them."""
+    """A client re-activated after the first batch keeps its documents; the first batch's client loses them; with
+    clients' own grace periods (`retention_field`) too."""
     database = mongo_store.database
-    database["clients"].insert_many([{"_id": c, "status": "closed", "closed_at": NOW - timedelta(days=90)}
-                                     for c in ("c-a", "c-b")])
+    database["clients"].insert_many([{"_id": c, "status": "closed", "closed_at": NOW - timedelta(days=90),
+                                      **({"retention": "60 days"} if own_grace else {})} for c in ("c-a", "c-b")])
     database["end_users"].insert_many([{"_id": i, "client_id": "c-a" if i < 2 else "c-b"} for i in range(4)])
     collection, original = pymongo.collection.Collection, pymongo.collection.Collection.delete_many
 
@@ -494,6 +496,9 @@ def test_the_registry_is_read_again_for_every_batch(sandbox: Sandbox, mongo_stor
     sandbox.write('[[rules]]\nname = "end-users"\nconnector = "app"\ncollection = "end_users"\n'
                   'expire = { client_field = "client_id", grace = "30 days" }\naction = "delete"\n'
                   'max_fraction = 1.0\n')
+    if own_grace:
+        sandbox.config.write_text(sandbox.config.read_text().replace(
+            'ended_at_field = "closed_at"', 'ended_at_field = "closed_at"\nretention_field = "retention"'))
     assert 2 == run_json(sandbox)["rules"][0]["changed"]
     assert [2, 3] == [d["_id"] for d in database["end_users"].find()]
 
