@@ -225,8 +225,11 @@ class Executor:
                 raise Interrupted  # every batch the store finished is in the log; no new one was started
         stopping = self.should_stop()  # a stop leaves no time for reads over the whole target
         if not self.dry_run and not stopping:  # the backlog, counted afresh (a request is done only when nothing
-            after = connector.count(work.selection)  # of it is left; not counted, it stays pending)
-            report.remaining, report.oldest_expired = after.matched, after.oldest
+            try:                                  # of it is left; not counted, it stays pending)
+                after = connector.count(work.selection)
+                report.remaining, report.oldest_expired = after.matched, after.oldest
+            except RetentionError as exc:  # the changes stand and are recorded: only the measure is missing
+                log.warning("backlog_not_counted", error=error_summary(exc)[1])
         if refusals or unsettled:
             raise RecordsRefused(_refused_message(rule.target, report.blocked, refusals, unsettled))
         if self.id_key and counts.held and not stopping:  # the held records, named by keyed hash in chunks

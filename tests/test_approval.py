@@ -116,3 +116,11 @@ def test_tolerance_needs_an_approval_and_is_never_negative(sandbox: Sandbox) -> 
     assert 2 == sandbox.cli("run", "--approved", str(path), "--tolerance", "-1").exit_code
     assert 2 == sandbox.cli("run", "--approved", str(sandbox.root / "missing.json")).exit_code
     assert [] == audit_files(sandbox)
+
+
+def test_save_never_replaces_the_config_nor_writes_among_the_audit_files(sandbox: Sandbox) -> None:
+    before = sandbox.config.read_text()
+    assert 2 == sandbox.cli("plan", "--save", str(sandbox.config)).exit_code
+    assert before == sandbox.config.read_text()
+    result = sandbox.cli("plan", "--save", str(sandbox.audit_dir / "plan.json"))
+    assert 2 == result.exit_code and "inside the audit dir" in result.stderr

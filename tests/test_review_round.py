@@ -445,3 +445,26 @@ def test_find_over_a_missing_audit_dir_is_an_error_not_a_negative(pg_store: Post
     sandbox.write(COOKIE_RULE, clients=False)
     result = sandbox.cli("audit", "find", "1", "--rule", "cookies")
     assert 2 == result.exit_code and str(sandbox.audit_dir) in result.stderr, result.stdout + result.stderr
+
+
+def test_a_failed_backlog_count_leaves_the_finished_rule_finished(pg_store: PostgresStore, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch committed, then the recount fails (the server went away): the rule still finishes with its
+    changes and held ids recorded, and only `remaining` is missing (null), never a failed rule."""
+    pg_store.standard_schema()
+    add_cookies(pg_store, NOW, *[timedelta(days=800)] * 3)
+    sandbox = make_sandbox(tmp_path / "sandbox", pg_store)
+    sandbox.write(COOKIE_RULE, clients=False)
+    real, calls = SqlConnector.count, {"n": 0}
+
+    def failing_after(self: SqlConnector, selection: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectorError("count failed: OperationalError: server closed the connection unexpectedly")
+        return real(self, selection)
+
+    monkeypatch.setattr(SqlConnector, "count", failing_after)
+    result = sandbox.cli("run", "--now", NOW_TEXT, "--format", "json")
+    rule = json.loads(result.stdout)["rules"][0]
+    assert (0, "ok", 3, None) == (result.exit_code, rule["status"], rule["changed"], rule["remaining"]), rule
+    assert "backlog_not_counted" in result.stderr

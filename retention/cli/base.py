@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -91,3 +92,15 @@ def main(ctx: click.Context, config: str | None, log_format: str, verbose: int, 
     ctx.meta["retention.verbose"] = verbose > 1
     configure(log_format, verbose - quiet, lambda: state.env.revealed)
 
+
+def output_path(path: Path, config: Config, option: str) -> Path:
+    """A file a command writes (an approval, a certificate), refused where it would replace the config or land among
+    the audit files, whose directory only runs write."""
+    target = path.resolve()
+    if target == config.path.resolve():
+        raise UsageError(f"{option} {path} is the config file itself")
+    audit_dir = config.audit.dir.resolve() if config.audit else None
+    if audit_dir is not None and target.is_relative_to(audit_dir):
+        raise UsageError(f"{option} {path} is inside the audit dir {config.audit.dir if config.audit else ''}, "
+                         "which only runs write")
+    return path

@@ -14,7 +14,7 @@ import structlog
 from retention import approval as approvals
 from retention import inspect as inspection
 from retention import run as coordinator
-from retention.cli.base import FORMAT, State, main, now_option, utc_now
+from retention.cli.base import FORMAT, State, main, now_option, output_path, utc_now
 from retention.config import config_path, load_config, with_executor
 from retention.connector import connector_types
 from retention.errors import RetentionError, UsageError
@@ -84,7 +84,7 @@ def plan(state: State, rules: tuple[str, ...], now_text: str | None, fmt: str, s
     """Dry run: what each rule would do now. Changes nothing; needs no signing key."""
     result = inspection.plan(state.config, state.env, now_option(now_text) or utc_now(), rules, for_terminal())
     if save_path is not None:
-        approvals.save(save_path, result, state.config, state.env)
+        approvals.save(output_path(save_path, state.config, "--save"), result, state.config, state.env)
         structlog.get_logger("retention").info("plan_saved", path=str(save_path), config_sha256=state.config.sha256)
     click.echo(report(result, fmt))
     sys.exit(result.exit_code)

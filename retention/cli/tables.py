@@ -13,7 +13,7 @@ from retention import inspect as inspection
 from retention.audit import fingerprint, load_private_key, verify
 from retention.audit.certificate import VERIFY_LOG, certificate, gather
 from retention.cli.audit import timestamp_policy
-from retention.cli.base import FORMAT, State, main, utc_now
+from retention.cli.base import FORMAT, State, main, output_path, utc_now
 from retention.errors import AuditError, ConfigError, VerificationFailed
 from retention.render import as_json, table
 from retention.requests import ErasureRequest
@@ -165,6 +165,7 @@ def requests_certificate(state: State, request_id: str, out: Path | None) -> Non
     if out is None:
         click.echo(text, nl=False)
         return
+    output_path(out, config, "--out")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     out.with_name(out.name + ".sig").write_bytes(key.sign(out.read_bytes()))
