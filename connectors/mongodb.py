@@ -14,11 +14,6 @@ from bson import ObjectId
 from pymongo.collection import Collection
 from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, OperationFailure, PyMongoError
 
-from connectors.mongodb_batches import Batches
-from connectors.mongodb_expiry import ttl_indexes
-from connectors.mongodb_filters import NOTHING, Filter, all_of, class_filters
-from connectors.mongodb_lag import majority_commit_lag
-from connectors.mongodb_updates import get_path, pipeline
 from retention.clients import judge
 from retention.connector import ConnectorDefaults, NativeRule, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
@@ -37,6 +32,12 @@ from retention.model import (
 from retention.retry import retrying
 from retention.timeutil import stored_instant
 from retention.transforms import KeyedHasher, record_text
+
+from .mongodb_batches import Batches
+from .mongodb_expiry import ttl_indexes
+from .mongodb_filters import NOTHING, Filter, all_of, class_filters
+from .mongodb_lag import majority_commit_lag
+from .mongodb_updates import get_path, pipeline
 
 SHARDABLE_IDS = (int, str, ObjectId)  # `_id` types a range of one type covers (never bool: True is no id)
 LARGE = 100_000  # documents: from here on the total is the server's estimate, and each class its own count
@@ -213,7 +214,7 @@ class MongoConnector(ConnectorDefaults):
     def apply(self, selection: Selection, action: Action, *, batch_size: int, limit: int,
               id_key: bytes | None, should_stop: Callable[..., bool] = lambda wait=True: False) -> Iterator[Batch]:
         """Batch by batch: the next candidates in `_id` order (or the indexed age field's), then one write over
-        their range with the whole predicate (see `connectors.mongodb_batches`). Each batch reads the registry
+        their range with the whole predicate (see `retention.connectors.mongodb_batches`). Each batch reads the registry
         again for its clients."""
         collection = self._collection(selection.target)
         hasher = KeyedHasher(id_key) if id_key else None

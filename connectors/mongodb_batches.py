@@ -23,12 +23,13 @@ from pymongo.collection import Collection
 from pymongo.cursor import Cursor
 from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailure, PyMongoError
 
-from connectors.mongodb_filters import NOTHING, Filter, all_of, class_filters
-from connectors.mongodb_ranges import AgeRanges, Chunk, IdRanges, Ranges
-from connectors.mongodb_updates import CLIENT_SIDE, client_side_values, get_path, pipeline
 from retention.ids import canonical_ids
 from retention.model import Action, ClientStates, Selection
 from retention.transforms import record_text
+
+from .mongodb_filters import NOTHING, Filter, all_of, class_filters
+from .mongodb_ranges import AgeRanges, Chunk, IdRanges, Ranges
+from .mongodb_updates import CLIENT_SIDE, client_side_values, get_path, pipeline
 
 NO_TRANSACTIONS = frozenset({20, 263})  # IllegalOperation (a standalone server), OperationNotSupportedInTransaction
 TRANSACTION_ATTEMPTS = 3

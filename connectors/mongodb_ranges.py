@@ -22,7 +22,7 @@ from typing import Any
 
 from bson import Decimal128, ObjectId
 
-from connectors.mongodb_updates import get_path
+from .mongodb_updates import get_path
 
 Document = dict[str, Any]
 Filter = dict[str, Any]

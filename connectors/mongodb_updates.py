@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from connectors.mongodb_filters import Filter
 from retention import transforms as reference
 from retention.model import Action, Transform
+
+from .mongodb_filters import Filter
 
 CLIENT_SIDE = frozenset({"hmac", "truncate_ip"})  # computed here, written back in bulk_write batches
 

@@ -18,12 +18,13 @@ import structlog
 from sqlalchemy import Table, bindparam, cast, func, not_, select, text
 from sqlalchemy import exc as sa_exc
 
-from connectors.sql_errors import db_error
 from retention.model import Batch, Selection
 from retention.transforms import KeyedHasher
 
+from .sql_errors import db_error
+
 if TYPE_CHECKING:
-    from connectors.postgres import PostgresConnector
+    from .postgres import PostgresConnector
 
 log = structlog.get_logger("retention")
 

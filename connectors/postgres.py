@@ -16,13 +16,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import array
 
-from connectors import pg_partitions
-from connectors.sql import SqlConnector
-from connectors.sql_errors import db_error
 from retention.connector import Option
 from retention.errors import ConnectorError, LockHeld
 from retention.model import Action, Batch, OptionValue, Selection, Shard, shards_between
 from retention.privileges import Need
+
+from . import pg_partitions
+from .sql import SqlConnector
+from .sql_errors import db_error
 
 log = structlog.get_logger("retention")
 

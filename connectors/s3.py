@@ -38,18 +38,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar
 
-from connectors.s3_access import IN_FLIGHT
-from connectors.s3_judging import S3Judging
-from connectors.s3_lifecycle import lifecycle_rules
-from connectors.s3_records import (
-    ListingCursor,
-    RecordSpool,
-    S3Record,
-)
 from retention.connector import ConnectorDefaults, NativeRule, ObjectClient, Option
 from retention.errors import ConnectorError, TargetMissing
 from retention.model import Action, Batch, Counts, OptionValue, Selection, Shard
 from retention.transforms import KeyedHasher
+
+from .s3_access import IN_FLIGHT
+from .s3_judging import S3Judging
+from .s3_lifecycle import lifecycle_rules
+from .s3_records import (
+    ListingCursor,
+    RecordSpool,
+    S3Record,
+)
 
 DELETE_CAP = 1000  # S3 takes at most 1,000 keys per DeleteObjects call
 MEMORY_RECORDS = 100_000  # matched and held records a count keeps in memory; the rest go to a temporary file

@@ -13,9 +13,10 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from connectors.s3_records import S3Record, address
 from retention.errors import ConnectorError, TargetMissing
 from retention.model import OptionValue, Shard
+
+from .s3_records import S3Record, address
 
 IN_FLIGHT = 4  # DeleteObjects calls running at once
 LOOKUPS = 16  # concurrent HEAD / GetObjectTagging calls when metadata, tags or locks must be read

@@ -6,10 +6,11 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from connectors.s3_access import Missing, S3Access
-from connectors.s3_records import ListingCursor, S3Record, address, client_pattern, key_part, parse_age
 from retention.ids import canonical_id
 from retention.model import Selection
+
+from .s3_access import Missing, S3Access
+from .s3_records import ListingCursor, S3Record, address, client_pattern, key_part, parse_age
 
 Verdict = tuple[S3Record, str, datetime | None]  # a record, its class, its age (when the rule has one and it is set)
 

@@ -34,9 +34,6 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
-from connectors.sql_dialects import SqlDialect, SqliteDialect, dialect_for, is_timestamp
-from connectors.sql_errors import db_error, refused_by_a_record, transient
-from connectors.sql_predicates import predicates
 from retention.connector import ConnectorDefaults, Option
 from retention.errors import ConfigError, ConnectorError, TargetMissing
 from retention.logs import batch_unrecorded
@@ -44,6 +41,10 @@ from retention.model import Action, Batch, ClientRegistry, Counts, OptionValue, 
 from retention.retry import retrying
 from retention.timeutil import stored_instant
 from retention.transforms import KeyedHasher
+
+from .sql_dialects import SqlDialect, SqliteDialect, dialect_for, is_timestamp
+from .sql_errors import db_error, refused_by_a_record, transient
+from .sql_predicates import predicates
 
 
 class SqlConnector(ConnectorDefaults):

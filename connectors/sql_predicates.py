@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from sqlalchemy import ColumnElement, FromClause, Table, and_, false, literal, not_, or_, select, true
 
-from connectors.sql_dialects import SqlDialect
 from retention.model import Selection
+
+from .sql_dialects import SqlDialect
 
 
 def predicates(dialect: SqlDialect, table: FromClause, selection: Selection, registry: Table | None, *,

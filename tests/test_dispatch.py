@@ -8,8 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from retention.connectors.mongodb import MongoConnector
 
-from connectors.mongodb import MongoConnector
 from retention import run as coordinator
 from retention.config import load_config, with_executor
 from retention.errors import ConfigError, UsageError

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from retention.connectors.mongodb import MongoConnector
+from retention.connectors.postgres import PostgresConnector
 
-from connectors.mongodb import MongoConnector
-from connectors.postgres import PostgresConnector
 from retention import run as coordinator
 from retention.config import load_config
 from retention.settings import Environment
@@ -104,8 +104,8 @@ def test_ctrl_c_in_the_coordinator_records_what_the_lanes_committed(
     import signal
 
     import structlog.testing
+    from retention.connectors.mongodb import MongoConnector as Mongo
 
-    from connectors.mongodb import MongoConnector as Mongo
     from retention.pacing import Pace
 
     box = _two_stores(tmp_path, pg_store, mongo_store, monkeypatch)

@@ -131,7 +131,7 @@ max_fraction = 1.0
 
 def test_filters_combine_flat_without_losing_a_condition() -> None:
     """Conjunctions merge into one document; repeated keys and nested $and are kept, never overwritten."""
-    from connectors.mongodb_filters import all_of
+    from retention.connectors.mongodb_filters import all_of
 
     assert {"a": 1, "b": 2} == all_of({"a": 1}, {"b": 2})
     assert {"a": 1, "$and": [{"a": 2}, {"c": 3}, {"d": 4}]} == all_of({"a": 1}, {"a": 2, "$and": [{"c": 3}]},
@@ -424,7 +424,8 @@ def test_a_connection_lost_mid_run_reads_the_candidates_again(indexed: bool, san
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The second batch's write loses its connection: the batch is tried again from a new read of the candidates,
     and the run changes and names every expired document exactly once."""
-    import connectors.mongodb as module
+    import retention.connectors.mongodb as module
+
     from retention.retry import retrying
 
     events = mongo_store.database["events"]
@@ -454,7 +455,7 @@ def test_write_conflicts_that_do_not_stop_leave_the_batch_to_its_ids(indexed: bo
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Another client writes to a document of the batch during every try of its transaction (a write conflict,
     each time): after a few tries the batch is written by `_id` list, and the run still names exactly."""
-    from connectors.mongodb_batches import TRANSACTION_ATTEMPTS
+    from retention.connectors.mongodb_batches import TRANSACTION_ATTEMPTS
 
     events = mongo_store.database["events"]
     events.insert_many([{"_id": i, "at": OLD + timedelta(minutes=i)} for i in range(5)])
@@ -506,7 +507,7 @@ def test_the_registry_is_read_again_for_every_batch(own_grace: bool, sandbox: Sa
 # -- the connector, called directly --------------------------------------------------------------------------------
 
 def connector_for(mongo_store: MongoStore) -> Any:
-    from connectors.mongodb import MongoConnector
+    from retention.connectors.mongodb import MongoConnector
 
     return MongoConnector("app", {"url": mongo_store.url, "database": mongo_store.database.name})
 
@@ -544,7 +545,7 @@ def test_a_large_collection_counts_its_total_by_estimate_never_below_its_classes
         mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """At or above LARGE documents the total is the server's estimate (no full scan), but never less than the
     classes it holds; below it, the total is exact."""
-    import connectors.mongodb as module
+    import retention.connectors.mongodb as module
 
     events = mongo_store.database["events"]
     events.insert_many([{"_id": 0, "at": NOW}, {"_id": 1, "at": "text"}] +
@@ -567,7 +568,8 @@ def test_a_large_collection_counts_its_total_by_estimate_never_below_its_classes
 
 def test_the_age_classes_are_range_filters_an_index_serves() -> None:
     """Expired is `$lt` the cutoff (type bracketing keeps it to dates) on no array; conjunctions on one field merge."""
-    from connectors.mongodb_filters import NOTHING, all_of, class_filters
+    from retention.connectors.mongodb_filters import NOTHING, all_of, class_filters
+
     from retention.model import HeldScope
 
     selection = age_selection()
@@ -585,7 +587,7 @@ def test_the_age_classes_are_range_filters_an_index_serves() -> None:
 def test_id_ranges_never_span_two_type_brackets() -> None:
     """A chunk of a stream sorted by `_id` stays within one bracket; odd `_id`s (null, booleans, documents, NaN,
     binData of another subtype or length) are chunks of their own, addressed by themselves."""
-    from connectors.mongodb_ranges import IdRanges
+    from retention.connectors.mongodb_ranges import IdRanges
 
     ids: list[Any] = [None, float("nan"), -3, 2.5, Decimal128("8.5"), "", "a", {"k": 1}, b"ab", b"cd", b"xyz",
                       Binary.from_uuid(UUID(int=1)), Binary.from_uuid(UUID(int=2)), ObjectId("0" * 24), True,
@@ -603,7 +605,7 @@ def test_id_ranges_never_span_two_type_brackets() -> None:
 def test_age_ranges_keep_equal_ages_together_and_split_larger_groups_by_id() -> None:
     """Chunks of a stream sorted by age hold whole groups of equal ages; a group larger than a chunk is read again
     in `_id` order and split in `_id` ranges; a document whose age is not one date is a chunk of its own."""
-    from connectors.mongodb_ranges import AgeRanges
+    from retention.connectors.mongodb_ranges import AgeRanges
 
     day = [OLD + timedelta(days=n) for n in range(4)]
     stream = [{"_id": 1, "at": day[0]}, {"_id": 2, "at": day[1]}, {"_id": 3, "at": day[1]},

@@ -268,7 +268,8 @@ def test_an_unreadable_lifecycle_is_not_checked_and_says_so(moto: S3Sandbox) -> 
     """AccessDenied on the lifecycle configuration: a finding that it could not be read, not a failure."""
     from types import SimpleNamespace
 
-    from connectors.s3 import S3Connector
+    from retention.connectors.s3 import S3Connector
+
     from retention.config import load_config
     from retention.expiry import NOT_CHECKED, native_findings
     from retention.units import compile_rule

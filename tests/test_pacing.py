@@ -185,7 +185,7 @@ def test_a_real_replica_that_stops_replaying_pauses_the_run_until_it_resumes(tmp
 
 
 def test_mongodb_majority_commit_lag_is_read_from_hello() -> None:
-    from connectors.mongodb_lag import majority_commit_lag
+    from retention.connectors.mongodb_lag import majority_commit_lag
 
     written = datetime(2026, 11, 30, 1, 0, 40)
     assert 40.0 == majority_commit_lag({"lastWrite": {"lastWriteDate": written,
@@ -197,7 +197,8 @@ def test_mongodb_majority_commit_lag_is_read_from_hello() -> None:
 
 def test_a_mongodb_replica_set_in_step_never_pauses_the_run(mongo_store: object, tmp_path: Path) -> None:
     """On the test server (a one-member replica set) the majority is never behind: the lag reads 0, no pause."""
-    from connectors.mongodb import MongoConnector
+    from retention.connectors.mongodb import MongoConnector
+
     from tests.stores import MongoStore
 
     assert isinstance(mongo_store, MongoStore)

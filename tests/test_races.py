@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from retention.connectors.postgres import PostgresConnector
 
-from connectors.postgres import PostgresConnector
 from retention.config import load_config
 from retention.units import compile_rule
 from tests.conformance import COOKIE_RULE, END_USER_RULE, add_cookies, seed_clients

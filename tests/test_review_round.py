@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from retention.connectors.sql import SqlConnector
 
-from connectors.sql import SqlConnector
 from retention.errors import ConnectorError
 from tests.conformance import COOKIE_RULE, add_cookies
 from tests.conftest import NOW
@@ -170,7 +170,8 @@ def test_find_does_not_report_a_forged_sidecar_line(pg_store: PostgresStore, tmp
     assert id_key is not None
     sidecar = next(sandbox.audit_dir.glob("*.ids"))
     with sidecar.open("a", encoding="utf-8") as handle:
-        handle.write(f"changed cookies {next(iter(record_names('1', id_key, composite=False)))}\n")  # record 1 is a day old: never deleted
+        # record 1 is a day old: never deleted
+        handle.write(f"changed cookies {next(iter(record_names('1', id_key, composite=False)))}\n")
     assert 5 == sandbox.cli("audit", "verify").exit_code
     result = sandbox.cli("audit", "find", "1", "--rule", "cookies", "--format", "json")
     assert result.exit_code != 0 and not json.loads(result.stdout or '{"found": []}')["found"], result.stdout

@@ -12,8 +12,8 @@ from typing import Any
 import boto3
 import pytest
 from click.testing import CliRunner, Result
+from retention.connectors.s3 import S3Connector, S3Record
 
-from connectors.s3 import S3Connector, S3Record
 from retention.audit import generate_keypair
 from retention.cli import main
 from retention.secrets import RECORD_ID_LABEL, derive

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from retention.connectors.s3 import S3Connector
+from retention.connectors.s3_records import ListingCursor, RecordSpool, S3Record
 
-from connectors.s3 import S3Connector
-from connectors.s3_records import ListingCursor, RecordSpool, S3Record
 from retention.errors import ConnectorError
 from retention.model import (
     Action,

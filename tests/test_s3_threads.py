@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import structlog
+from retention.connectors.s3 import S3Connector
 
-from connectors.s3 import S3Connector
 from retention.pacing import Pace
 from tests.test_s3 import OLD, S3Sandbox
 

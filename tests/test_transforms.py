@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import pytest
+from retention.connectors.sql_dialects import PostgresDialect
 from sqlalchemy import literal, select
 from sqlalchemy.dialects import postgresql
 
-from connectors.sql_dialects import PostgresDialect
 from retention import transforms
 from retention.model import Transform
 from tests.stores import PostgresStore

@@ -135,7 +135,7 @@ def parse_executor(text: str) -> str:
                          f'"tcp://scheduler:8786", got {text!r}')
     if importlib.util.find_spec("distributed") is None:
         raise ValueError("a Dask scheduler address needs Dask, which is not installed: "
-                         "pip install 'retention[dask]'")
+                         "pip install 'pypeserver-retention[dask]'")
     return text
 
 
