@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from retention.report import Report
 
 LAST_SUCCESS = "last_success"  # in job.state_dir: survives failed runs, so the gauge never goes back to zero
+# node_exporter runs as its own user: the file must be world-readable and the folders we create traversable,
+# whatever umask the job runs under (the systemd unit sets UMask=0077 for everything else it writes)
+FILE_MODE = 0o644
+FOLDER_MODE = 0o755
 
 
 def write_metrics(path: Path, report: Report, state_dir: Path, finished: datetime) -> None:
@@ -53,5 +59,33 @@ def write_metrics(path: Path, report: Report, state_dir: Path, finished: datetim
     last_success = float(marker.read_text()) if marker.exists() else 0.0
     Gauge("retention_last_success_timestamp_seconds", "When a run last completed every rule (0: never)",
           registry=registry).set(last_success)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_to_textfile(str(path), registry)  # a temporary file renamed into place: readers never see half of it
+    _make_folders(path.parent)
+    _write_atomically(path, generate_latest(registry))
+
+
+def _make_folders(folder: Path) -> None:
+    """Create `folder` and its missing parents FOLDER_MODE; folders that exist keep the mode they have."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        try:
+            created.mkdir()
+        except FileExistsError:  # another process made it meanwhile: its mode is its own
+            continue
+        created.chmod(FOLDER_MODE)  # mkdir's mode is masked by the umask; chmod's is not
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    """A temporary file beside `path`, FILE_MODE before it is renamed into place: readers never see half a file,
+    nor a file they may not read. Its name does not end in .prom, so the textfile collector skips it."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            os.fchmod(file.fileno(), FILE_MODE)  # mkstemp makes it 0600
+            file.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
