@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from retention.config import load_config
+from tests.installing import shipped_crontab
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "cron"
@@ -29,14 +30,23 @@ def runs_retention(command: list[str]) -> bool:
 
 
 def test_the_crontab_line_matches_the_config_schedule() -> None:
-    """Five cron fields equal job.schedule, in UTC, and the line runs `retention ... run`."""
-    lines = [line for line in (DEPLOY / "crontab").read_text().splitlines() if line and not line.startswith("#")]
-    assert "CRON_TZ=UTC" in lines and "UTC" == CONFIG.job.timezone
-    entry = next(line for line in lines if line[0].isdigit() or line[0] == "*")
-    assert CONFIG.job.schedule.split() == entry.split()[:5]
-    assert "retention" == entry.split()[5]  # the user it runs as
-    command = shlex.split(entry.split("&&")[-1].split(">>")[0])
-    assert runs_retention(command)
+    """Five cron fields equal job.schedule; the line runs `retention ... run` as the retention user through
+    retention-cron with the systemd unit's EnvironmentFile, in its WorkingDirectory, results and logs apart.
+    Debian's cron has no CRON_TZ: the file must not pretend to set the zone, and says its hours are local."""
+    text = (DEPLOY / "crontab").read_text()
+    entry = shipped_crontab()
+    assert CONFIG.job.schedule.split() == entry.schedule and "retention" == entry.user
+    assert "CRON_TZ" not in entry.environment and "TZ" not in entry.environment
+    assert "local time" in text and CONFIG.job.timezone in text.splitlines()[0]
+    service = systemd("retention.service")["Service"]
+    change_directory, run = entry.command.split(" && ")
+    assert ["cd", service["WorkingDirectory"]] == shlex.split(change_directory)
+    *command, results, logs = shlex.split(run)
+    wrapper, env_file, *command = command
+    assert (wrapper, env_file) == (str(Path(service["ExecStart"].split()[0]).parent / "retention-cron"),
+                                   service["EnvironmentFile"])
+    assert runs_retention(command) and shlex.split(service["ExecStart"]) == command
+    assert (">/var/log/retention/last-run.txt", "2>>/var/log/retention/run.jsonl") == (results, logs)
 
 
 def test_the_systemd_timer_and_service_match_and_are_sandboxed() -> None:
