@@ -61,6 +61,22 @@ def test_the_systemd_timer_and_service_match_and_are_sandboxed() -> None:
         assert value == service[option], option
 
 
+def test_the_metrics_file_is_where_the_units_may_write_and_readme_says() -> None:
+    """The shipped config's metrics file, relative to the units' working directory (cron runs there too), lies
+    under the service's ReadWritePaths (ProtectSystem=strict makes everything else read-only), README names that
+    path, and in the pod it lands on the writable state volume."""
+    service = systemd("retention.service")["Service"]
+    assert CONFIG.job.metrics_file is not None and not CONFIG.job.metrics_file.is_absolute()
+    on_server = Path(service["WorkingDirectory"]) / CONFIG.job.metrics_file
+    assert any(on_server.is_relative_to(path) for path in service["ReadWritePaths"].split())
+    assert f"`{on_server}`" in (ROOT / "README.md").read_text()
+    container = yaml.safe_load((DEPLOY / "cronjob.yaml").read_text())["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"]["containers"][0]
+    in_pod = Path(container["workingDir"]) / CONFIG.job.metrics_file
+    assert any(in_pod.is_relative_to(mount["mountPath"]) and not mount.get("readOnly")
+               for mount in container["volumeMounts"])
+
+
 def test_the_kubernetes_cronjob_forbids_overlap_and_uses_secrets_and_a_configmap() -> None:
     """Same schedule and time zone, concurrencyPolicy Forbid, key and secrets from Secrets, config from a ConfigMap."""
     job = yaml.safe_load((DEPLOY / "cronjob.yaml").read_text())
