@@ -12,8 +12,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy" / "cron"
 # every absolute path the crontab, the units and README's install section write to or run from
-SYSTEM_PATHS = ("/etc/retention", "/etc/cron.d", "/etc/systemd/system", "/var/lib/retention", "/var/log/retention",
-                "/opt/retention")
+SYSTEM_PATHS = ("/etc/retention", "/etc/cron.d", "/etc/logrotate.d", "/etc/systemd/system", "/var/lib/retention",
+                "/var/lib/prometheus/node-exporter", "/var/log/retention", "/opt/retention")
 _SYSTEM_PATH = re.compile(r"(?<![\w/.-])(" + "|".join(re.escape(path) for path in SYSTEM_PATHS) + r")(?=[/\s'\"]|$)",
                           re.MULTILINE)
 
@@ -61,13 +61,16 @@ def cron_shell(entry: CronEntry) -> str:
     return (shutil.which("dash") or shell) if shell == "/bin/sh" else shell
 
 
-def run_cron_line(entry: CronEntry, root: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cron_line(entry: CronEntry, root: Path, timeout: float = 120,
+                  umask: int = 0o022) -> subprocess.CompletedProcess[str]:
     """Run the entry's command as Debian's cron would for its user, in the tree at `root`: `SHELL -c COMMAND`
     from the user's home, with cron's minimal environment (HOME, LOGNAME, SHELL, PATH) and the crontab's
-    assignments, nothing on stdin; what it prints unredirected is what cron would mail."""
+    assignments, nothing on stdin, under cron's umask (022) unless told; what it prints unredirected is what
+    cron would mail."""
     assert "%" not in entry.command, "cron turns % into a newline: escape it or keep it out of the line"
     home = root / "var" / "lib" / "retention"
     environment = {"HOME": str(home), "LOGNAME": entry.user, "SHELL": "/bin/sh", "PATH": "/usr/bin:/bin",
                    **{name: rooted(value, root) for name, value in entry.environment.items()}}
     return subprocess.run([cron_shell(entry), "-c", rooted(entry.command, root)], env=environment, cwd=home,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False,
+                          umask=umask)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 import shlex
 from pathlib import Path
 
@@ -59,6 +60,13 @@ def test_the_systemd_timer_and_service_match_and_are_sandboxed() -> None:
     for option, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
                           ("PrivateTmp", "yes"), ("KillSignal", "SIGTERM")):
         assert value == service[option], option
+
+
+def test_logrotate_rotates_the_files_the_crontab_line_writes() -> None:
+    """deploy/cron/logrotate names exactly the crontab's two output files."""
+    redirections = re.findall(r"\d?>>?(/\S+)", shipped_crontab().command)
+    rotated = (DEPLOY / "logrotate").read_text().split("{")[0].split("\n")[-1].split()
+    assert sorted(redirections) == sorted(rotated) and 2 == len(rotated)
 
 
 def test_the_metrics_file_is_where_the_units_may_write_and_readme_says() -> None:
