@@ -120,7 +120,8 @@ def test_a_dask_address_without_dask_installed_says_what_to_install(
         with_executor(plain, "tcp://s:8786")
     config = two_stores.config.read_text().replace("batch_size = 2\n", 'batch_size = 2\nexecutor = "tcp://s:8786"\n')
     two_stores.config.write_text(config)
-    with pytest.raises(ConfigError, match=r"needs Dask, which is not installed: pip install 'pypeserver-retention\[dask\]'"):
+    with pytest.raises(ConfigError, match=r"needs Dask, which is not installed: "
+                                          r"pip install 'pypeserver-retention\[dask\]'"):
         load_config(two_stores.config)
 
 
