@@ -65,6 +65,7 @@ OUTCOMES: dict[str, type[Outcome]] = {kind.__name__: kind for kind in (Started, 
 REPORTED = ("total", "matched", "held", "unknown_age", "changed", "blocked", "status", "error", "statement",
             "duration_ms", "remaining", "oldest_expired", "held_by")  # what a worker's report tells the coordinator's
 UNREACHABLE = 10.0  # seconds without the scheduler before the run takes it for lost
+GATHER = 5.0  # seconds to fetch a finished unit's result before taking it for lost with its worker
 DONE, INTERRUPTED, ORPHANED = "done", "interrupted", "orphaned"
 ENDED = -1  # the acknowledgement that tells a new attempt its unit is already recorded as ended
 
@@ -236,9 +237,12 @@ class DaskLanes:
                     session.receive(message)
                 unreachable_since = self._reachable(unreachable_since)
                 for future in [future for future in pending if future.done()]:
-                    index = pending.pop(future)
-                    cancelled = future.status == "cancelled"
-                    ended[index] = INTERRUPTED if cancelled else future.exception() or future.result()
+                    try:
+                        result = INTERRUPTED if future.status == "cancelled" else \
+                            future.exception(timeout=GATHER) or future.result(timeout=GATHER)
+                    except TimeoutError:  # its worker died before the result came: Dask runs it again, and its
+                        continue          # new attempt waits for our acknowledgement, so keep reading outcomes
+                    ended[pending.pop(future)] = result
                     future.release()  # a result kept is one Dask would compute again if its worker died
                 if stopping:
                     self._cancel_queued(pending, ended)

@@ -179,17 +179,35 @@ def test_after_a_stop_no_queued_unit_starts_on_dask(
     assert len(set(started)) <= 2, f"{started}; the stop came at log line {asked[0]}"
 
 
+@pytest.mark.parametrize("gather_late", [False, True], ids=["as-it-comes", "gathered-after-the-worker-died"])
 def test_a_finished_unit_lost_with_its_worker_near_the_end_does_not_stall_the_run(
-        tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        gather_late: bool, tmp_path: Path, pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two units: a short one on one worker, a long one on the other. The short one's worker dies after it finished.
     The coordinator dropped that future from `pending` when it first completed; Dask computes it again once the
     other worker is free, by which time the coordinator has left its loop and waits in `future.result()` without
     reading the outcome queue, while the new attempt waits for the acknowledgement of its Started: both wait
-    ACK_TIMEOUT (300 s), then the unit is recorded as started again and never ended."""
+    ACK_TIMEOUT (300 s), then the unit is recorded as started again and never ended.
+
+    `gathered-after-the-worker-died` holds the coordinator's first fetch of a result until the worker is dead (what
+    a busy machine does by chance): the fetch finds the result gone and Dask runs the unit again, which must not
+    block the loop that acknowledges the new attempt."""
+    from distributed import Future
+
     box = _box(tmp_path, pg_store, monkeypatch, expired=(4, 100))
     outcome: dict[str, Any] = {}
     with dask_cluster(2, env={"RETENTION_PSEUDONYM_KEY": PSEUDONYM_KEY}) as cluster:
         victim: list[str] = []
+        if gather_late:
+            real_exception = Future.exception
+
+            def after_the_kill(self: Any, *args: Any, **kwargs: Any) -> Any:
+                deadline = time.monotonic() + 60
+                while not victim and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(1.0)  # the scheduler has seen the worker go
+                return real_exception(self, *args, **kwargs)
+
+            monkeypatch.setattr(Future, "exception", after_the_kill)
 
         def kill_the_worker_of_the_short_unit_once_it_finished() -> None:
             deadline = time.monotonic() + 60
