@@ -15,8 +15,10 @@ import pytest
 
 from retention.audit import timestamp
 from retention.audit.timestamp import Authority, TimestampError, load_ca
-from tests.helpers import Sandbox, audit_files
+from tests.helpers import Sandbox, audit_files, make_sandbox
 from tests.servers import TimestampAuthority, free_port
+from tests.stores import MongoStore
+from tests.test_native_expiry import SESSIONS
 from tests.test_report import cookie_sandbox
 from tests.test_timestamps import SECRET, run, stamped_sandbox
 
@@ -215,3 +217,22 @@ def test_report_out_may_not_land_in_the_audit_dir(tmp_path: Path) -> None:
     result = sandbox.cli("audit", "report", "--out", str(sandbox.audit_dir / "report.html"))
     assert 2 == result.exit_code
     assert 0 == sandbox.cli("audit", "verify").exit_code
+
+
+# --- 3. native expiry in check --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", [
+    {"timeseries": {"timeField": "started_at"}, "expireAfterSeconds": 60},
+    {"clusteredIndex": {"key": {"_id": 1}, "unique": True}, "expireAfterSeconds": 60},
+], ids=["time-series", "clustered"])
+def test_check_sees_a_collection_level_ttl(tmp_path: Path, mongo_store: MongoStore, options: dict[str, Any]) -> None:
+    """MongoDB also expires whole collections by an option, not an index: a time-series collection's (or a clustered
+    collection's) expireAfterSeconds deletes documents 60 s old under a 24-month rule. ttl_indexes reads only
+    index_information(), so check exits 0 and says nothing."""
+    mongo_store.database.create_collection("sessions", **options)
+    mongo_store.database.create_collection("clients")
+    box = make_sandbox(tmp_path / "sandbox", mongo_store)
+    box.write(SESSIONS)
+    result = box.cli("check")
+    assert 1 == result.exit_code, result.stdout + result.stderr
+    assert "earlier than the rule" in result.stdout
