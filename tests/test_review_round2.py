@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +21,7 @@ from retention.audit.timestamp import Authority, TimestampError, load_ca
 from tests.helpers import Sandbox, audit_files, make_sandbox
 from tests.servers import TimestampAuthority, free_port
 from tests.stores import MongoStore
+from tests.test_cron import WRAPPER
 from tests.test_native_expiry import SESSIONS
 from tests.test_report import cookie_sandbox
 from tests.test_timestamps import SECRET, run, stamped_sandbox
@@ -236,3 +240,40 @@ def test_check_sees_a_collection_level_ttl(tmp_path: Path, mongo_store: MongoSto
     result = box.cli("check")
     assert 1 == result.exit_code, result.stdout + result.stderr
     assert "earlier than the rule" in result.stdout
+
+
+# --- 4. ops: retention-cron ----------------------------------------------------------------------------------------
+
+def _wrapper_env(tmp_path: Path, content: bytes, timeout: float = 60) -> tuple[int, dict[str, str], str]:
+    """Run deploy/cron/retention-cron under dash over an env file; the environment its command saw."""
+    env_file = tmp_path / "env"
+    env_file.write_bytes(content)
+    seen = tmp_path / "seen.json"
+    command = [shutil.which("dash") or "/bin/sh", str(WRAPPER), str(env_file), sys.executable, "-c",
+               f"import json, os; json.dump(dict(os.environ), open({str(seen)!r}, 'w'))"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                            env={"PATH": "/usr/bin:/bin"})
+    return result.returncode, json.loads(seen.read_text()) if seen.exists() else {}, result.stderr
+
+
+def test_env_file_keys_that_are_the_wrappers_own_variables_do_not_change_how_it_parses(tmp_path: Path) -> None:
+    """`cr=E` and `tab=a` are valid names systemd exports as any other; the wrapper exports them into its own
+    parsing variables, after which every value loses a trailing E (the "CR" it strips) and its trailing a's (the
+    "blanks" it trims): KEY=VALUE arrives as VALU, DATA=banana as banan. `number=x` kills it with 'Illegal
+    number' and no JSON line."""
+    code, seen, stderr = _wrapper_env(tmp_path, b"cr=E\ntab=a\nKEY=VALUE\nDATA=banana\n")
+    assert 0 == code, stderr
+    assert ("VALUE", "banana") == (seen.get("KEY"), seen.get("DATA"))
+    code, seen, stderr = _wrapper_env(tmp_path, b"number=x\nA=1\n")
+    assert (0, "1") == (code, seen.get("A")), stderr
+
+
+def test_a_long_value_does_not_stall_the_wrapper(tmp_path: Path) -> None:
+    """The parser walks a line one character at a time with ${rest#?}, copying the rest each time: a 6000-character
+    value (a base64 credential, a long URL) takes about a minute under dash, 8000 more than 90 s, before the job
+    even starts; cron starts the next one regardless."""
+    value = "x" * 6000
+    started = time.monotonic()
+    code, seen, stderr = _wrapper_env(tmp_path, f"K={value}\n".encode(), timeout=300)
+    assert (0, value) == (code, seen.get("K")), stderr
+    assert time.monotonic() - started < 10
