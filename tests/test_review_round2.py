@@ -277,3 +277,21 @@ def test_a_long_value_does_not_stall_the_wrapper(tmp_path: Path) -> None:
     code, seen, stderr = _wrapper_env(tmp_path, f"K={value}\n".encode(), timeout=300)
     assert (0, value) == (code, seen.get("K")), stderr
     assert time.monotonic() - started < 10
+
+
+# --- 4. ops: metrics -----------------------------------------------------------------------------------------------
+
+def test_a_damaged_last_success_marker_does_not_fail_every_run(tmp_path: Path) -> None:
+    """state_dir/last_success is written in place (write_text: truncate, then write); a crash or a full disk in
+    between leaves it empty, and float('') raises ValueError, which run() does not catch (only OSError): every
+    later run then ends as an unexpected error (exit 1) after signing, and the metrics file is never written
+    again until someone finds and deletes the marker."""
+    sandbox = cookie_sandbox(tmp_path, runs=0)
+    metrics = tmp_path / "metrics" / "retention.prom"
+    sandbox.config.write_text(sandbox.config.read_text().replace(
+        "batch_size = 2\n", f'batch_size = 2\nmetrics_file = "{metrics}"\n', 1))
+    (sandbox.root / "state").mkdir(parents=True, exist_ok=True)
+    (sandbox.root / "state" / "last_success").write_text("")
+    result = sandbox.cli("run", "--dry-run")
+    assert 0 == result.exit_code, result.stderr[-600:]
+    assert metrics.exists()
