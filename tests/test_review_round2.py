@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import pytest
 
 from retention.audit import timestamp
 from retention.audit.timestamp import Authority, TimestampError, load_ca
-from tests.helpers import Sandbox, audit_files, make_sandbox
+from tests.conftest import NOW
+from tests.helpers import SESSIONS_RULE, Sandbox, audit_files, make_sandbox
 from tests.servers import TimestampAuthority, free_port
 from tests.stores import MongoStore
 from tests.test_cron import WRAPPER
@@ -295,3 +297,22 @@ def test_a_damaged_last_success_marker_does_not_fail_every_run(tmp_path: Path) -
     result = sandbox.cli("run", "--dry-run")
     assert 0 == result.exit_code, result.stderr[-600:]
     assert metrics.exists()
+
+
+# --- 6. fixes after the last review ---------------------------------------------------------------------------------
+
+def test_a_dotted_age_field_through_an_array_of_documents_is_never_expired(mongo_store: MongoStore,
+                                                                           tmp_path: Path) -> None:
+    """The array fix guards `{field: {$not: {$type: "array"}}}`, but a dotted path through an array of subdocuments
+    ("visits.at" over [{at: 800 days ago}, {at: yesterday}]) yields each element's date, none of them an array:
+    `$lt: cutoff` matches by the old one and the document is deleted, though it also holds a recent date. Like
+    [old, recent] it has no single age: it should be unknown_age and stay."""
+    mongo_store.database["sessions"].insert_many([
+        {"_id": 1, "visits": [{"at": NOW - timedelta(days=800)}, {"at": NOW - timedelta(days=1)}]},
+        {"_id": 2, "visits": {"at": NOW - timedelta(days=800)}}])
+    sandbox = make_sandbox(tmp_path / "sandbox", mongo_store)
+    sandbox.write(SESSIONS_RULE.replace('connector = "events"', 'connector = "app"')
+                  .replace('field = "started_at"', 'field = "visits.at"'), clients=False)
+    rule = json.loads(sandbox.cli("run", "--now", "2026-11-29T03:00:00Z", "--format", "json").stdout)["rules"][0]
+    assert (1, 1) == (rule["matched"], rule["unknown_age"]), rule
+    assert [1] == [d["_id"] for d in mongo_store.database["sessions"].find()]
