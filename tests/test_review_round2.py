@@ -10,8 +10,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 from retention.audit import timestamp
 from retention.audit.timestamp import Authority, TimestampError, load_ca
 from tests.conftest import NOW
-from tests.helpers import SESSIONS_RULE, Sandbox, audit_files, make_sandbox
+from tests.helpers import SESSIONS_RULE, Sandbox, make_sandbox
 from tests.servers import TimestampAuthority, free_port
 from tests.stores import MongoStore
 from tests.test_cron import WRAPPER
