@@ -92,7 +92,7 @@ def _events(path: Path) -> list[dict[str, Any]]:
     for raw in path.read_bytes().splitlines():
         try:
             event = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError, a number too long for int()
             break
         if not isinstance(event, dict):
             break

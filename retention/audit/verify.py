@@ -168,7 +168,7 @@ def _check_lines(data: bytes, check: RunCheck, *, complete: bool) -> str | None:
     for seq, line in enumerate(lines):
         try:
             event = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError, a number too long for int()
             return f"line {seq + 1} is not JSON"
         if not isinstance(event, dict):
             return f"line {seq + 1} is not a JSON object"
