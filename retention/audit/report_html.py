@@ -225,14 +225,17 @@ class _Clock:
 
     def __call__(self, value: object) -> str:
         if isinstance(value, datetime):
-            return _e(value.astimezone(self.zone).strftime("%Y-%m-%d %H:%M:%S"))
+            try:
+                return _e(value.astimezone(self.zone).strftime("%Y-%m-%d %H:%M:%S"))
+            except OverflowError:
+                return _e(value.isoformat())
         if not isinstance(value, str):
             return _e(value)
         try:
             instant = datetime.fromisoformat(value)
-        except ValueError:
+            return _e(instant.astimezone(self.zone).strftime("%Y-%m-%d %H:%M:%S") if instant.tzinfo else value)
+        except (ValueError, OverflowError):  # not a time, or one no zone can show (year 1 at +01:00): as found
             return _e(value)
-        return _e(instant.astimezone(self.zone).strftime("%Y-%m-%d %H:%M:%S") if instant.tzinfo else value)
 
 
 def _runs_verify(count: int) -> str:
@@ -264,8 +267,9 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _status_class(status: str) -> str:
-    return {"ok": "ok", "over_threshold": "warn", "incomplete": "warn"}.get(status, "bad")
+def _status_class(status: object) -> str:
+    return {"ok": "ok", "over_threshold": "warn", "incomplete": "warn"}.get(status, "bad") \
+        if isinstance(status, str) else "bad"
 
 
 def _outcome_class(outcome: str) -> str:

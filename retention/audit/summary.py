@@ -56,7 +56,7 @@ def summarize(path: Path) -> RunSummary:
     running: Counter[tuple[str, str | None]] = Counter()  # units started and not yet ended, per entry
     worst: dict[tuple[str, str | None], str] = {}  # the worst status of the units that ended, per entry
     for event in _events(path):
-        kind = event.get("event")
+        kind = event.get("event") if isinstance(event.get("event"), str) else None  # crafted: a list, a number
         key = (str(event.get("rule")), _text(event.get("request")))
         if kind == "run_started":
             summary.started, summary.now, summary.dry_run = event.get("ts"), event.get("now"), event.get("dry_run")
@@ -78,7 +78,7 @@ def summarize(path: Path) -> RunSummary:
             if ENDED[kind] != "ok" and "detail" not in entry:
                 entry["detail"] = event.get("message") or event.get("detail")
         elif kind == "run_finished":
-            summary.status, summary.exit_code = event.get("status", "?"), event.get("exit_code")
+            summary.status, summary.exit_code = _text(event.get("status")) or "?", event.get("exit_code")
             summary.totals = {k: event[k] for k in ("matched", "changed", "held", "unknown_age") if k in event}
             errors = event.get("errors")
             summary.errors = errors if isinstance(errors, list) else []

@@ -176,7 +176,7 @@ def _check_lines(data: bytes, check: RunCheck, *, complete: bool) -> str | None:
             return f"line {seq + 1} has seq {event.get('seq')!r}, expected {seq}"
         if prev is not None and event.get("prev") != prev:
             return f"line {seq + 1} does not chain to line {seq}"
-        if event.get("event") not in EVENTS:
+        if not isinstance(event.get("event"), str) or event["event"] not in EVENTS:
             return f"line {seq + 1} has an unknown event {event.get('event')!r}"
         if check.run_id and event.get("run_id") != check.run_id:
             return f"line {seq + 1} belongs to run {event.get('run_id')!r}, not {check.run_id}"

@@ -19,7 +19,7 @@ from retention.audit.report_html import result_line, write_report
 from retention.audit.summary import summarize
 from retention.audit.timestamp import TimestampPolicy, load_ca
 from retention.audit.writer import run_files
-from retention.cli.base import FORMAT, State, main, utc_now
+from retention.cli.base import FORMAT, State, main, output_path, utc_now
 from retention.config import config_path
 from retention.errors import ConfigError, UsageError
 from retention.render import as_json, markdown, table
@@ -227,6 +227,7 @@ def audit_report(state: State, out: Path, public_keys: tuple[Path, ...]) -> None
         raise UsageError(f"the audit dir {directory} does not exist")
     config = state.config
     assert config.audit is not None  # _audit_dir has checked
+    output_path(out, config, "--out")
     history = read_history(directory, keys, timestamp_policy(state, None, needs_config=True))
     try:
         write_report(history, out, generated=utc_now(), zone=ZoneInfo(config.job.timezone),
