@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
+import structlog
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from retention.report import Report
+
+log = structlog.get_logger("retention")
 
 LAST_SUCCESS = "last_success"  # in job.state_dir: survives failed runs, so the gauge never goes back to zero
 # node_exporter runs as its own user: the file must be world-readable and the folders we create traversable,
@@ -55,12 +59,25 @@ def write_metrics(path: Path, report: Report, state_dir: Path, finished: datetim
     marker = state_dir / LAST_SUCCESS
     if report.exit_code == 0 and not report.dry_run:
         state_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"{finished.timestamp()}\n")
-    last_success = float(marker.read_text()) if marker.exists() else 0.0
+        _write_atomically(marker, f"{finished.timestamp()}\n".encode("ascii"))
+    last_success = _last_success(marker)
     Gauge("retention_last_success_timestamp_seconds", "When a run last completed every rule (0: never)",
           registry=registry).set(last_success)
     _make_folders(path.parent)
     _write_atomically(path, generate_latest(registry))
+
+
+def _last_success(marker: Path) -> float:
+    """When a run last succeeded; 0 when none has, or the marker is damaged (a full disk, a hand edit): the next
+    success rewrites it, and a damaged marker must not fail every run meanwhile."""
+    try:
+        value = float(marker.read_text())
+    except FileNotFoundError:
+        return 0.0
+    except (OSError, ValueError):
+        log.warning("last_success_unreadable", path=str(marker))
+        return 0.0
+    return value if math.isfinite(value) and value >= 0 else 0.0
 
 
 def _make_folders(folder: Path) -> None:
