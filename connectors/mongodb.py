@@ -34,7 +34,7 @@ from retention.timeutil import stored_instant
 from retention.transforms import KeyedHasher, record_text
 
 from .mongodb_batches import Batches
-from .mongodb_expiry import ttl_indexes
+from .mongodb_expiry import collection_ttl, ttl_indexes
 from .mongodb_filters import NOTHING, Filter, all_of, class_filters
 from .mongodb_lag import majority_commit_lag
 from .mongodb_updates import get_path, pipeline
@@ -123,10 +123,11 @@ class MongoConnector(ConnectorDefaults):
         return []  # documents have no schema to check fields against; odd values are unknown_age
 
     def native_expiry(self, selection: Selection) -> list[NativeRule]:
-        """The TTL indexes of the rule's collection: MongoDB deletes by them whatever the rules and holds say."""
+        """The TTL indexes of the rule's collection, and its own expiry (time-series, clustered): MongoDB deletes by
+        them whatever the rules and holds say."""
         collection = self._collection(selection.target)
         try:
-            return ttl_indexes(collection.index_information())
+            return ttl_indexes(collection.index_information()) + collection_ttl(collection.options())
         except PyMongoError as exc:
             raise ConnectorError(f"cannot list the indexes of {collection.name}: {_summary(exc)}") from None
 

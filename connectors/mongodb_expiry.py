@@ -28,6 +28,20 @@ def ttl_indexes(indexes: Mapping[str, Mapping[str, Any]]) -> list[NativeRule]:
     return found
 
 
+def collection_ttl(options: Mapping[str, Any]) -> list[NativeRule]:
+    """A collection's own expiry (`options()`): a time-series collection's by its timeField, a clustered
+    collection's by its `_id`. MongoDB deletes by it as by a TTL index; "off" turns it off."""
+    if "expireAfterSeconds" not in options or options["expireAfterSeconds"] == "off":
+        return []
+    series = options.get("timeseries")
+    if isinstance(series, Mapping):
+        kind, field = "time-series collection", str(series.get("timeField"))
+    else:
+        kind, field = "clustered collection" if "clusteredIndex" in options else "collection option", "_id"
+    return [NativeRule(kind, "expireAfterSeconds", Deletes.DOCUMENTS,
+                       timedelta(seconds=_seconds(options["expireAfterSeconds"])), field)]
+
+
 def _seconds(value: object) -> float:
     """expireAfterSeconds as a number; anything odd is taken as 0, the earliest it could mean."""
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
