@@ -24,10 +24,14 @@ def class_filters(selection: Selection, clients: ClientStates | None) -> dict[st
         field = selection.age.field
         # a date bound compares with dates only (MongoDB's type bracketing): strings, numbers, timestamps and null
         # never match, so this is "a date before the cutoff", as a range an index on the field serves. An array
-        # matches a bound (and `$type: "date"`) when any element does: it is no date, so never expired
-        expired.append({field: {"$lt": selection.age.cutoff, "$not": {"$type": "array"}}})
+        # matches a bound (and `$type: "date"`) when any element does, and so does a dotted path through an array
+        # of documents: no single date, so never expired
+        parts = field.split(".")
+        paths = [".".join(parts[:end]) for end in range(1, len(parts) + 1)]
+        expired.append(all_of({field: {"$lt": selection.age.cutoff}},
+                              *({path: {"$not": {"$type": "array"}}} for path in paths)))
         unknown.append({"$or": [{field: {"$not": {"$type": "date"}}},  # missing, null, strings, numbers
-                                {field: {"$type": "array"}}]})
+                                *({path: {"$type": "array"}} for path in paths)]})
     if selection.client and clients is not None:
         field = selection.client.field
         expired.append({field: {"$in": mongo_values(clients.expired)}})
