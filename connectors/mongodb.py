@@ -167,6 +167,18 @@ class MongoConnector(ConnectorDefaults):
         except PyMongoError as exc:
             raise ConnectorError(f"count failed: {_summary(exc)}") from None
 
+    def backlog(self, selection: Selection) -> tuple[int, datetime | None]:
+        """The matched documents alone (one count the age field's index serves), and the oldest of them."""
+        collection = self._collection(selection.target)
+        try:
+            matched = class_filters(selection, self._client_states(selection))["matched"]
+            if matched == NOTHING:
+                return 0, None
+            count = collection.count_documents(matched)
+            return count, _oldest(collection, selection, matched) if count else None
+        except PyMongoError as exc:
+            raise ConnectorError(f"count failed: {_summary(exc)}") from None
+
     def shards(self, selection: Selection, parts: int) -> list[Shard]:
         """Ranges of `_id` holding about as many matching documents each. Only where every matching `_id` is a
         scalar of one type (MongoDB compares a range's bound with values of its own type alone, so a range of
@@ -222,7 +234,7 @@ class MongoConnector(ConnectorDefaults):
         remaining = limit
         # candidates are picked with the registry as read once here; each change re-reads its own clients
         try:
-            candidates = class_filters(selection, self._client_states(selection))["matched"]
+            candidates = class_filters(selection, self._client_states(selection), exact=False)["matched"]
         except PyMongoError as exc:
             raise ConnectorError(f"cannot read the client registry: {_summary(exc)}") from None
         if candidates == NOTHING:

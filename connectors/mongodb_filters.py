@@ -16,8 +16,12 @@ Filter = dict[str, Any]
 NOTHING: Filter = {"_id": {"$in": []}}  # a filter no document matches
 
 
-def class_filters(selection: Selection, clients: ClientStates | None) -> dict[str, Filter]:
-    """Server-side filters for each class of document; `clients` comes from the registry."""
+def class_filters(selection: Selection, clients: ClientStates | None, *, exact: bool = True) -> dict[str, Filter]:
+    """Server-side filters for each class of document; `clients` comes from the registry.
+
+    With `exact=False`, "matched" is a superset fast to walk in the age field's order: it lets arrays through,
+    for batches to pick candidates by; every write re-checks with the exact filter.
+    """
     expired: list[Filter] = []
     unknown: list[Filter] = []
     if selection.age:
@@ -28,8 +32,8 @@ def class_filters(selection: Selection, clients: ClientStates | None) -> dict[st
         # of documents: no single date, so never expired
         parts = field.split(".")
         paths = [".".join(parts[:end]) for end in range(1, len(parts) + 1)]
-        expired.append(all_of({field: {"$lt": selection.age.cutoff}},
-                              *({path: {"$not": {"$type": "array"}}} for path in paths)))
+        no_array = {"$and": [{path: {"$not": {"$type": "array"}}} for path in paths]} if exact else {}
+        expired.append({field: {"$lt": selection.age.cutoff}, **no_array})  # the range leads, for the index
         unknown.append({"$or": [{field: {"$not": {"$type": "date"}}},  # missing, null, strings, numbers
                                 *({path: {"$type": "array"}} for path in paths)]})
     if selection.client and clients is not None:

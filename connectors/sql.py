@@ -210,6 +210,14 @@ class SqlConnector(ConnectorDefaults):
         return Counts(total=total, matched=row.matched, held=row.held, unknown_age=row.unknown_age,
                       oldest=self._oldest(table, selection, classes["matched"]) if row.matched else None)
 
+    def backlog(self, selection: Selection) -> tuple[int, datetime | None]:
+        """The matched rows alone (no other class, no total), and the oldest of them."""
+        table = self.table(selection.target)
+        classes = self._predicates(table, selection)
+        matched = self._one(select(self.dialect.count_where(classes["matched"])).select_from(table)
+                            .where(classes["in_scope"]))[0]
+        return matched, self._oldest(table, selection, classes["matched"]) if matched else None
+
     def _oldest(self, table: FromClause, selection: Selection, matched: ColumnElement[bool]) -> datetime | None:
         """The earliest age among matched records expired by age: one probe of the age field's index."""
         age = selection.age

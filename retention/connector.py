@@ -97,6 +97,16 @@ class Sharding(Protocol):
 
 
 @runtime_checkable
+class Backlog(Protocol):
+    """A store that can count what a rule left (its matched records, and the oldest of them) more cheaply than a whole
+    count of every class and the total."""
+
+    def backlog(self, selection: Selection) -> tuple[int, datetime | None]:
+        """How many records the selection matches now, and the oldest of them by age (`Counts.oldest`)."""
+        ...
+
+
+@runtime_checkable
 class ScanAdvice(Protocol):
     """A store that can tell, for `check`, when a rule's statements would have to read a whole target."""
 
