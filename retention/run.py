@@ -142,7 +142,7 @@ def run(config: Config, env: Environment, now: datetime, clock: Clock, *, rule_n
             report.out_of_time, report.replica_wait_seconds = pace.out_of_time, pace.paused_seconds
             _finish(audit, report, started, id_key is not None)
             if authority:  # before the WORM copy, so that the tokens go with the files they vouch for
-                stamp_runs(authority, audit.names)
+                stamp_runs(authority, audit.names, keys.signing.public_key())
             if worm:
                 _copy_to_worm(worm, audit, config.audit.dir, report, clock())
             if config.job.metrics_file:

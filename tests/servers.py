@@ -252,8 +252,8 @@ class TimestampAuthority:
     """A local RFC 3161 TSA: `url` answers with `openssl ts -reply`; `ca` issued its certificate.
 
     Other paths on the same server misbehave on purpose: `/http-500` answers HTTP 500, `/garbage` a reply that is no
-    TimeStampResp, `/reject` a well-formed refusal (its TSA accepts no SHA-256 imprint). `other_ca` is a CA that
-    issued nothing the TSA uses.
+    TimeStampResp, `/reject` a well-formed refusal (its TSA accepts no SHA-256 imprint), `/redirect` a 307 to `/tsr`.
+    `other_ca` is a CA that issued nothing the TSA uses.
     """
 
     url: str
@@ -336,6 +336,11 @@ def tsa_server() -> Iterator[TimestampAuthority]:
                 return self._answer(500, "text/plain", b"broken")
             if self.path == "/garbage":
                 return self._answer(200, "application/timestamp-reply", b"\x30\x03\x02\x01\x00 not a reply")
+            if self.path == "/redirect":  # to the very TSA: still not followed
+                self.send_response(307)
+                self.send_header("Location", "/tsr")
+                self.send_header("Content-Length", "0")
+                return self.end_headers()
             if self.headers.get_content_type() != "application/timestamp-query" or self.path not in ("/tsr",
                                                                                                        "/reject"):
                 return self._answer(400, "text/plain", b"not a timestamp query")

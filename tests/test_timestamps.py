@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -112,6 +113,7 @@ def silent_port() -> Iterator[str]:
     ("refused", "could not be reached"),
     ("silent", "no answer within"),
     ("http-500", "HTTP 500"),
+    ("redirect", "redirect, not followed"),
     ("garbage", "not a TimeStampResp"),
     ("reject", "refused: rejection"),
     ("untrusted", "does not verify against the TSA's CA"),
@@ -161,6 +163,60 @@ def test_backfilling_is_bounded_and_oldest_first(box: Sandbox, tsa: TimestampAut
     assert [True, False, True] == [Path(f"{p}.tsr").exists() for p in (first, second, third)]
     run(box, tsa.url)
     assert all(Path(f"{p}.tsr").exists() for p in audit_files(box))
+
+
+def test_backfilling_stops_when_the_time_budget_is_spent(box: Sandbox, tsa: TimestampAuthority,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request may take TIMEOUT_SECONDS; a backfill request starts only while one still fits in the run's
+    BUDGET_SECONDS. The rest is logged as deferred and left to the next run."""
+    down = f"http://127.0.0.1:{free_port()}/tsr"
+    missed = [run(box, down)[0], run(box, down)[0]]
+    monkeypatch.setattr(timestamp, "BUDGET_SECONDS", timestamp.TIMEOUT_SECONDS)  # room for this run's own token only
+    log, stderr = run(box, tsa.url)
+    assert [log.name] == [e["file"] for e in events(stderr, "timestamp_stored")]
+    assert [missed[0].name] == [e["file"] for e in events(stderr, "timestamp_deferred")]
+    assert not any(Path(f"{m}.tsr").exists() for m in missed)
+    monkeypatch.undo()
+    _, stderr = run(box, tsa.url)
+    assert all(Path(f"{p}.tsr").exists() for p in audit_files(box))
+
+
+def test_backfill_skips_a_run_whose_signature_does_not_verify(box: Sandbox, tsa: TimestampAuthority) -> None:
+    """A run edited after it was signed gets no token (the TSA would vouch for the forgery), is logged as
+    timestamp_skipped with the reason, and does not hold up the runs after it."""
+    down = f"http://127.0.0.1:{free_port()}/tsr"
+    edited, intact = run(box, down)[0], run(box, down)[0]
+    edited.write_bytes(edited.read_bytes().replace(b'"changed":', b'"changed": ', 1))
+    log, stderr = run(box, tsa.url)
+    skipped = events(stderr, "timestamp_skipped")
+    assert [edited.name] == [e["file"] for e in skipped]
+    assert "signature" in skipped[0]["reason"]
+    assert [log.name, intact.name] == [e["file"] for e in events(stderr, "timestamp_stored")]
+    assert not Path(f"{edited}.tsr").exists()
+    _, stderr = run(box, tsa.url)  # still skipped, never stamped
+    assert [edited.name] == [e["file"] for e in events(stderr, "timestamp_skipped")]
+    assert not Path(f"{edited}.tsr").exists()
+
+
+def test_no_temporary_token_file_is_left_behind(box: Sandbox, tsa: TimestampAuthority,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token that cannot be put in place leaves no temporary file; one left by a crash (or an older version, which
+    wrote `<name>.jsonl.tsr.tmp`) is removed by the next run, so `audit verify` never sees a foreign file."""
+    def failing(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(timestamp, "os", SimpleNamespace(replace=failing))  # this module's os only: the .sig goes in
+        first, stderr = run(box, tsa.url)
+    assert "cannot read the log or write its token" in events(stderr, "timestamp_failed")[0]["reason"]
+    assert [] == [p.name for p in box.audit_dir.iterdir() if p.name.endswith(".tmp")]
+    Path(f"{first}.tsr.tmp").write_bytes(b"half a token")  # as a crash of an older version leaves it
+    (box.audit_dir / f".{first.name}.tsr.tmp").write_bytes(b"half a token")
+    assert 5 == verify(box)[0]
+    run(box, tsa.url)
+    assert [] == [p.name for p in box.audit_dir.iterdir() if p.name.endswith(".tmp")]
+    code, checks = verify(box)
+    assert (0, ["ok", "ok"]) == (code, [c["status"] for c in checks])
 
 
 def test_a_run_asks_once_while_the_tsa_is_down(box: Sandbox, tsa: TimestampAuthority) -> None:
