@@ -32,10 +32,12 @@ def class_filters(selection: Selection, clients: ClientStates | None, *, exact: 
         # of documents: no single date, so never expired
         parts = field.split(".")
         paths = [".".join(parts[:end]) for end in range(1, len(parts) + 1)]
-        no_array = {"$and": [{path: {"$not": {"$type": "array"}}} for path in paths]} if exact else {}
-        expired.append({field: {"$lt": selection.age.cutoff}, **no_array})  # the range leads, for the index
+        # "no array": no first element (`path.0`), a key of its own, so the field's range stays a plain operator
+        # document that a batch's bounds merge into and the server's planner serves from the index
+        no_array = {f"{path}.0": {"$exists": False} for path in paths} if exact else {}
+        expired.append({field: {"$lt": selection.age.cutoff}, **no_array})
         unknown.append({"$or": [{field: {"$not": {"$type": "date"}}},  # missing, null, strings, numbers
-                                *({path: {"$type": "array"}} for path in paths)]})
+                                *({f"{path}.0": {"$exists": True}} for path in paths)]})
     if selection.client and clients is not None:
         field = selection.client.field
         expired.append({field: {"$in": mongo_values(clients.expired)}})
