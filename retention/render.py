@@ -81,7 +81,9 @@ def report(result: Report, fmt: str) -> str:
     if problems:
         lines += ["", "Problems:", *problems]
     if result.is_run:
-        status = "stopped by a safety threshold" if result.exit_code == 3 else result.status
+        refused = any((rule.error or "").startswith("refused under ") for rule in result.rules)
+        status = ("refused by its approved plan" if refused else "stopped by a safety threshold") \
+            if result.exit_code == 3 else result.status
         lines += ["", f"run {result.run_id}: {status} (exit {result.exit_code})",
                   f"audit log: {result.audit_file}"]
     return "\n".join(lines)

@@ -64,6 +64,8 @@ def test_a_changed_config_refuses_the_whole_run(sandbox: Sandbox, pg_store: Post
     skipped = [e for e in events if e["event"] == "rule_skipped"]
     assert ["approval"] == [e["reason"] for e in skipped] and "plan.json" in str(skipped[0]["detail"])
     assert "is not the one approved" in str(report["rules"][0]["error"])  # type: ignore[index]
+    table = sandbox.cli("run", "--now", NOW_TEXT, "--approved", str(path))
+    assert 3 == table.exit_code and "refused by its approved plan (exit 3)" in table.stdout
     assert not [e for e in events if e["event"] == "batch_applied"]
 
 
