@@ -37,6 +37,7 @@ def test_find_names_the_runs_that_held_then_changed_a_record(store: SqlStore, tm
     assert changed_run["audit_file"] == sightings[1]["audit_file"]
     assert (1, []) == found(sandbox, "1", "--rule", "cookies")
     assert (1, []) == found(sandbox, "0", "--rule", "another-rule")
+    assert "not a rule of" in sandbox.cli("audit", "find", "0", "--rule", "another-rule").stderr
     table = sandbox.cli("audit", "find", "0", "--rule", "cookies")
     assert 0 == table.exit_code and "changed" in table.stdout and "held" in table.stdout
 

@@ -186,6 +186,9 @@ def audit_find(state: State, key: str, rules: tuple[str, ...], composite: bool, 
         raise ConfigError("audit find needs the key the runs named records with: set secrets.pseudonym_key "
                           "(and audit.record_ids = \"hashed\") and its environment variable")
     names = record_names(key, id_key, composite=composite)
+    unknown = [rule for rule in rules if rule not in {r.name for r in config.rules}]
+    if unknown:  # a typo answers "not found"; a rule removed since may still be in older runs, so search anyway
+        click.echo(f"retention: note: not a rule of {config.path}: {', '.join(unknown)}", err=True)
     directory = _audit_dir(state)
     if not directory.is_dir() or not run_files(directory):
         raise UsageError(f"the audit dir {directory} holds no run: nothing can be said of any record")
