@@ -133,6 +133,31 @@ def test_a_crashed_run_is_reported_until_a_later_run_seals_it(audited: Sandbox) 
     assert (0, "incomplete (acknowledged by a later run)", "ok") == (code, checks[-2]["status"], checks[-1]["status"])
 
 
+def test_a_run_that_dies_while_signing_is_sealed_by_the_next(audited: Sandbox,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between writing the signature's temporary file and renaming it: the temporary file left behind is no
+    foreign file (which would fail every later `audit verify`); the run is incomplete until the next one seals it."""
+    import os
+
+    from retention.audit import writer
+
+    temporary: list[str] = []
+
+    def killed(source: object, target: object) -> None:
+        temporary.append(Path(str(source)).name)  # a SIGKILL here would leave it: a dot file, which verify passes over
+        raise KeyboardInterrupt  # the process dies here: the signature never takes its name
+
+    real = os.replace
+    monkeypatch.setattr(writer.os, "replace", killed)
+    assert 1 == audited.cli("run").exit_code
+    assert temporary and temporary[0].startswith(".") and temporary[0].endswith(".jsonl.sig.tmp"), temporary
+    monkeypatch.setattr(writer.os, "replace", real)
+    again = audited.cli("run")
+    assert 0 == again.exit_code, again.stderr
+    code, checks = verify(audited)
+    assert (0, "incomplete (acknowledged by a later run)") == (code, checks[-2]["status"]), checks
+
+
 def test_sidecar_names_changed_records_by_keyed_hash(audited: Sandbox) -> None:
     """The .ids sidecar lists one keyed hash per changed record, and tampering with it is caught."""
     first = audit_files(audited)[0]

@@ -149,9 +149,14 @@ class AuditWriter:
             self._ids.close()
         signature = self._key.sign(self.path.read_bytes())
         signature_path = self.names.signature
-        temporary = signature_path.with_name(signature_path.name + ".tmp")
-        temporary.write_bytes(signature)
-        os.replace(temporary, signature_path)
+        # a dot file, which `audit verify` passes over: one a crash leaves behind is no foreign file in the dir
+        temporary = signature_path.with_name(f".{signature_path.name}.tmp")
+        try:
+            temporary.write_bytes(signature)
+            os.replace(temporary, signature_path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         return self.path
 
     def files(self) -> list[Path]:
